@@ -1,0 +1,286 @@
+"""One action in the simulated runtime: where it is placed, how it moves, how a call runs.
+
+Placement follows a reconcile loop (as a Kubernetes controller does): `apply` records the
+desired placement, `_reconcile` moves the actual state towards it whenever something
+finishes (a local load, a replica start, a drained copy). Calls keep using the old placement
+until the new one is ready; a local copy is freed when its last in-flight call ends; a
+retiring replica serves the calls it holds, then is gone.
+
+`call` is the simulator's hot path: locals are bound once and nothing is computed that the
+row does not need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+import simpy
+
+from jsorc_sim.distributions import Sampler
+from jsorc_sim.recorder import Failure, Where
+from jsorc_sim.remote import RemotePool, ReplicaState
+from jsorc_sim.scenario import ActionSpec
+from policies import Mode, Placement
+
+if TYPE_CHECKING:
+    from jsorc_sim.runtime import Runtime
+
+LOCAL, REMOTE = int(Where.LOCAL), int(Where.REMOTE)
+
+
+class LocalState(Enum):
+    NONE = "none"
+    LOADING = "loading"  # memory is taken from the start of the load
+    READY = "ready"
+    DRAINING = "draining"  # no new calls; freed when the last in-flight one ends
+
+
+class ActionRuntime:
+    """The placement state and call path of one action."""
+
+    def __init__(self, runtime: Runtime, spec: ActionSpec, code: int, service: Sampler,
+                 load_time: Sampler, start_time: Sampler, network_ms: float) -> None:
+        self.runtime = runtime
+        self.env = runtime.env
+        self.spec = spec
+        self.name = spec.name
+        self.code = code
+        self.service = service
+        self.load_time = load_time
+        self.network_ms = network_ms
+        self.per_size_ms = spec.per_size_ms
+        self.slowdown = spec.local_slowdown
+        self.desired = Placement.unloaded()
+        self.route = Mode.UNLOADED  # where new calls go now
+        self.local = LocalState.NONE
+        self.local_in_flight = 0
+        self.cold_starts = 0
+        self._ready: simpy.Event | None = None  # calls waiting for a first placement
+        self._load_token: object | None = None  # identifies the load under way, if any
+        self.pool = RemotePool(
+            self.env, cores=spec.remote_cores, memory_mb=spec.replica_memory_mb,
+            start_time=start_time, per_replica=spec.remote_queue == "per_replica",
+            memory=runtime.replica_memory, replica_cores=runtime.replica_cores,
+            on_ready=self._reconcile,
+        )
+
+    # ------------------------------------------------------------------ placement
+
+    @property
+    def placement(self) -> Placement:
+        """Where calls go now."""
+        if self.route is Mode.REMOTE:
+            return Placement.remote(max(1, self.pool.ready))
+        return Placement(self.route)
+
+    @property
+    def in_transition(self) -> bool:
+        want = self.desired
+        if self.route is not want.mode or self.local in (LocalState.LOADING,
+                                                          LocalState.DRAINING):
+            return True
+        return want.mode is Mode.REMOTE and (self.pool.ready != want.replicas
+                                             or len(self.pool.replicas) != want.replicas)
+
+    def apply(self, target: Placement, source: str, reason: str) -> bool:
+        """Ask for `target`; returns whether that changed what is desired."""
+        if target == self.desired:
+            return False
+        self.runtime.recorder.decision(self.env.now, self.name, str(target), str(self.desired),
+                                       source, reason)
+        self.desired = target
+        self._reconcile()
+        return True
+
+    def _reconcile(self) -> None:
+        want = self.desired.mode
+        if want is Mode.LOCAL:
+            if self.local is LocalState.NONE:
+                self.local = LocalState.LOADING
+                self._load_token = token = object()
+                self.env.process(self._load(token))
+            elif self.local is LocalState.DRAINING:
+                self.local = LocalState.READY  # still in memory: use it again
+            if self.local is LocalState.READY:
+                self._route_to(Mode.LOCAL)
+                self.pool.scale_to(0)
+        elif want is Mode.REMOTE:
+            self.pool.scale_to(self.desired.replicas)
+            if self.pool.ready:
+                self._route_to(Mode.REMOTE)
+                self._drain_local()
+        else:
+            self.pool.scale_to(0)
+            self._route_to(Mode.UNLOADED)
+            self._drain_local()
+
+    def _route_to(self, mode: Mode) -> None:
+        self.route = mode
+        if mode is not Mode.UNLOADED and self._ready is not None:
+            ready, self._ready = self._ready, None
+            ready.succeed()
+
+    def _drain_local(self) -> None:
+        if self.local is LocalState.READY:
+            self.local = LocalState.DRAINING
+        if self.local is LocalState.DRAINING and self.local_in_flight == 0:
+            self.local = LocalState.NONE
+            self.runtime.memory.add(-self.spec.local_memory_mb)
+
+    def _load(self, token: object) -> Generator[simpy.Event, Any, None]:
+        runtime = self.runtime
+        while not runtime.up:  # a load asked for during a restart starts once it is over
+            yield runtime.up_event
+        if self._load_token is not token:
+            return
+        if not runtime.allocate(self.spec.local_memory_mb, self.name):
+            return  # out of memory: the runtime restarted and dropped every local copy
+        epoch = runtime.epoch
+        yield self.env.timeout(self.load_time())
+        if self._load_token is not token or runtime.epoch != epoch:
+            return
+        self._load_token = None
+        self.local = LocalState.READY
+        self._reconcile()
+
+    def drop_local(self) -> None:
+        """Out of memory: the local copy is gone (its memory was released with the runtime)."""
+        self.local = LocalState.NONE
+        self.local_in_flight = 0
+        self._load_token = None
+        if self.route is Mode.LOCAL:
+            self.route = Mode.UNLOADED
+        if self.desired.mode is Mode.LOCAL:
+            self.runtime.recorder.decision(self.env.now, self.name, "unloaded", "local",
+                                           "runtime", "out of memory: runtime restarted")
+            self.desired = Placement.unloaded()
+        self._ready = None  # its waiters were interrupted with the requests
+
+    # ------------------------------------------------------------------ calls
+
+    def call(self, rid: int, app: int, size: float) -> Generator[simpy.Event, Any, None]:
+        """One call from a walker: wait for a placement if there is none, then run it."""
+        env = self.env
+        issued = env.now
+        cold = 0
+        if self.route is Mode.UNLOADED:
+            cold = 1
+            yield from self._cold_start()
+        service_ms = self.service()
+        if size:
+            service_ms += size * self.per_size_ms
+        if self.route is Mode.LOCAL:
+            yield from self._call_local(rid, app, issued, service_ms * self.slowdown, cold)
+        else:
+            yield from self._call_remote(rid, app, issued, service_ms, cold)
+
+    def _cold_start(self) -> Generator[simpy.Event, Any, None]:
+        self.cold_starts += 1
+        if self.desired.mode is Mode.UNLOADED:
+            mode = self.spec.default_mode
+            target = Placement.remote(1) if mode == "remote" else Placement.local()
+            self.apply(target, "runtime", "cold start: first call of an unloaded action")
+        while self.route is Mode.UNLOADED:
+            if self._ready is None:
+                self._ready = self.env.event()
+            yield self._ready
+
+    def _call_local(self, rid: int, app: int, issued: float, service_ms: float,
+                    cold: int) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        runtime = self.runtime
+        self.local_in_flight += 1
+        try:
+            with runtime.cores.request() as req:
+                yield req
+                start = env.now
+                yield env.timeout(service_ms / 1000.0)
+        except simpy.Interrupt as stop:
+            self._record_failure(rid, app, issued, LOCAL, -1, stop)
+            raise
+        runtime.core_busy_s += service_ms / 1000.0
+        now = env.now
+        runtime.recorder.calls.append(
+            (issued, rid, app, self.code, LOCAL, -1, (start - issued) * 1000.0, service_ms, 0.0,
+             (now - issued) * 1000.0, 1, cold, 0))
+        self.local_in_flight -= 1
+        if self.local is LocalState.DRAINING and self.local_in_flight == 0:
+            self._drain_local()
+
+    def _call_remote(self, rid: int, app: int, issued: float, service_ms: float,
+                     cold: int) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        pool = self.pool
+        network_ms = self.network_ms
+        req: simpy.Request | None = None  # per_replica mode: the replica's queue slot
+        try:
+            if network_ms:
+                yield env.timeout(network_ms / 1000.0)
+            queued = env.now
+            if pool.per_replica:
+                replica = pool.pick()
+                if replica is None or replica.queue is None:
+                    yield from self._cold_start()
+                    replica = pool.pick()
+                assert replica is not None and replica.queue is not None
+                token = replica.id
+                req = replica.queue.request()
+                try:
+                    yield req
+                except simpy.Interrupt:
+                    req.cancel()
+                    if req.triggered:
+                        replica.queue.release(req)
+                    raise
+            else:
+                get = pool.slots.get()
+                try:
+                    token = yield get
+                except simpy.Interrupt:
+                    if get.triggered:
+                        pool.slots.put(get.value)
+                    else:
+                        get.cancel()
+                    raise
+            pool.acquired(token)
+            start = env.now
+            try:
+                yield env.timeout(service_ms / 1000.0)
+            except simpy.Interrupt:
+                # The walker is gone but the replica finishes the call it was given.
+                ends = env.timeout(start + service_ms / 1000.0 - env.now)
+                ends.callbacks.append(lambda _e: self._release(token, req))
+                raise
+        except simpy.Interrupt as stop:
+            self._record_failure(rid, app, issued, REMOTE, -1, stop)
+            raise
+        self._release(token, req)
+        now = env.now
+        self.runtime.recorder.calls.append(
+            (issued, rid, app, self.code, REMOTE, token, (start - queued) * 1000.0, service_ms,
+             (queued - issued) * 1000.0, (now - issued) * 1000.0, 1, cold, 0))
+
+    def _release(self, token: int, req: simpy.Request | None) -> None:
+        if req is not None:
+            self.pool.replicas[token].queue.release(req)  # type: ignore[union-attr]
+        self.pool.release(token)
+
+    def _record_failure(self, rid: int, app: int, issued: float, where: int, replica: int,
+                        stop: simpy.Interrupt) -> None:
+        now = self.env.now
+        error = int(stop.cause) if isinstance(stop.cause, Failure) else int(Failure.OUT_OF_MEMORY)
+        self.runtime.recorder.calls.append(
+            (issued, rid, app, self.code, where, replica, 0.0, 0.0, 0.0, (now - issued) * 1000.0,
+             0, 0, error))
+
+    # ------------------------------------------------------------------ for observations
+
+    @property
+    def in_flight(self) -> int:
+        return self.local_in_flight + self.pool.in_flight
+
+    @property
+    def replicas_ready(self) -> int:
+        return sum(r.state is ReplicaState.READY for r in self.pool.replicas.values())

@@ -1,0 +1,97 @@
+"""The control loop: observe, let the policy decide, apply (and sample the timeline).
+
+The policy object is the only thing that decides. This loop builds its observation, calls it,
+checks what it returned and applies it; a policy that raises or returns an invalid decision
+is recorded with the observation time and its placement kept (or, with
+`on_error = "stop"`, the run stops with that error).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Generator
+from typing import Any
+
+import simpy
+
+from jsorc_sim.observe import Observer
+from jsorc_sim.runtime import Runtime
+from policies import Decision, Policy
+
+
+class PolicyFailure(RuntimeError):
+    """Raised out of the run when a policy fails and the scenario says to stop."""
+
+
+def validate(decision: object, known: dict[str, Any]) -> Decision:
+    """The decision if it is valid for these actions; otherwise a ValueError naming the fault."""
+    if not isinstance(decision, Decision):
+        raise ValueError(f"decide() must return a Decision, got {type(decision).__name__}: "
+                         f"{decision!r:.80}")
+    unknown = sorted(set(decision.placements) - set(known))
+    if unknown:
+        raise ValueError(f"decision names unknown action {unknown[0]!r} "
+                         f"(actions: {', '.join(known)})")
+    return decision
+
+
+def control(env: simpy.Environment, runtime: Runtime, policy: Policy, interval_s: float,
+            on_error: str, name: str) -> Generator[simpy.Event, Any, None]:
+    observer = Observer(runtime)
+    recorder = runtime.recorder
+    last_reason = ""
+    while True:
+        observation = observer.observe(interval_s)
+        try:
+            decision = validate(policy.decide(observation), runtime.actions)
+        except Exception as exc:  # a user's policy can fail in any way: record, don't crash
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            message = f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"
+            recorder.decision(env.now, "", "", "", name, "policy failed; placement kept",
+                              message)
+            recorder.event(env.now, "policy_error", message)
+            if on_error == "stop":
+                raise PolicyFailure(f"policy {name!r} failed at t={env.now:g}s: {message}") \
+                    from exc
+        else:
+            changed = False
+            for action, placement in decision.placements.items():
+                changed |= runtime.actions[action].apply(placement, name, decision.reason)
+            if not changed and decision.reason and decision.reason != last_reason:
+                # A new phase with no placement change still goes in the log.
+                recorder.decision(env.now, "", "", "", name, decision.reason)
+            last_reason = decision.reason or last_reason
+        yield env.timeout(interval_s)
+
+
+def sample_timeline(env: simpy.Environment, runtime: Runtime,
+                    every_s: float) -> Generator[simpy.Event, Any, None]:
+    """Every `every_s`: node memory and utilisation, and per action placement and queues."""
+    busy_seen, last = 0.0, env.now
+    cores = runtime.scenario.node.cores
+    while True:
+        elapsed = env.now - last
+        busy = runtime.core_busy_s - busy_seen
+        busy_seen, last = runtime.core_busy_s, env.now
+        node = {
+            "ts": env.now,
+            "memory_used_mb": runtime.memory_used_mb,
+            "cpu_utilisation": busy / (cores * elapsed) if elapsed > 0 else 0.0,
+            "cores_queue": len(runtime.cores.queue),
+            "requests_in_system": len(runtime.active) + runtime.at_door,
+            "runtime_up": runtime.up,
+            "replica_memory_mb": runtime.replica_memory.level,
+        }
+        for name, action in runtime.actions.items():
+            runtime.recorder.timeline.append({
+                **node,
+                "action": name,
+                "placement": str(action.placement),
+                "desired": str(action.desired),
+                "replicas": len(action.pool.replicas),
+                "replicas_ready": action.pool.ready,
+                "in_flight": action.in_flight,
+                "queued": action.pool.queued,
+                "local": action.local.value,
+            })
+        yield env.timeout(every_s)

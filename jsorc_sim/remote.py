@@ -1,0 +1,164 @@
+"""An action's remote replicas: starting, serving, retiring.
+
+Shared queue (the default, M/M/c): a `simpy.Store` holds one token per free replica core;
+a call takes a token (FIFO among waiting calls), so it starts on whichever server frees
+first, and the token names the replica that serves it. A `simpy.Resource` cannot do this:
+its capacity is fixed at creation and its slots have no identity, while replicas here come
+and go under load.
+
+Per-replica queues (`remote_queue = "per_replica"`): each replica is its own
+`simpy.Resource(remote_cores)` and calls are dealt round-robin onto the ready ones, as a
+Kubernetes Service without session affinity would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import simpy
+
+from jsorc_sim.distributions import Sampler
+from jsorc_sim.meter import Meter
+
+
+class ReplicaState(Enum):
+    STARTING = "starting"
+    READY = "ready"
+    RETIRING = "retiring"  # serves what it has, takes nothing new, then is gone
+
+
+@dataclass(eq=False)
+class Replica:
+    id: int
+    state: ReplicaState
+    busy: int = 0
+    queue: simpy.Resource | None = None  # per_replica mode only
+
+
+class RemotePool:
+    """The replicas of one action and the queue in front of them."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        *,
+        cores: int,
+        memory_mb: float,
+        start_time: Sampler,
+        per_replica: bool,
+        memory: Meter,
+        replica_cores: Meter,
+        on_ready: Callable[[], None],
+    ) -> None:
+        self.env = env
+        self.cores = cores
+        self.memory_mb = memory_mb
+        self.start_time = start_time
+        self.per_replica = per_replica
+        self.slots = simpy.Store(env)
+        self.replicas: dict[int, Replica] = {}
+        self._memory = memory
+        self._replica_cores = replica_cores
+        self._on_ready = on_ready
+        self._next_id = 0
+        self._rr = 0
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def active(self) -> int:
+        """Replicas starting or ready: what the pool is heading for."""
+        return sum(r.state is not ReplicaState.RETIRING for r in self.replicas.values())
+
+    @property
+    def ready(self) -> int:
+        return sum(r.state is ReplicaState.READY for r in self.replicas.values())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(r.busy for r in self.replicas.values())
+
+    @property
+    def queued(self) -> int:
+        if self.per_replica:
+            return sum(len(r.queue.queue) for r in self.replicas.values() if r.queue)
+        return len(self.slots.get_queue)
+
+    # ------------------------------------------------------------------ scaling
+
+    def scale_to(self, count: int) -> None:
+        """Start or retire replicas so that `count` are starting or ready."""
+        active = [r for r in self.replicas.values() if r.state is not ReplicaState.RETIRING]
+        for _ in range(count - len(active)):
+            self._start()
+        if len(active) > count:
+            # Retire the ones not yet ready first, then the newest (as a ReplicaSet does).
+            order = sorted(active, key=lambda r: (r.state is ReplicaState.READY, r.id))
+            for replica in order[: len(active) - count]:
+                self._retire(replica)
+
+    def _start(self) -> None:
+        replica = Replica(self._next_id, ReplicaState.STARTING)
+        self._next_id += 1
+        self.replicas[replica.id] = replica
+        self._account()
+        delay = self.start_time()
+        if delay > 0:
+            self.env.timeout(delay).callbacks.append(lambda _e: self._become_ready(replica))
+        else:
+            self._become_ready(replica)
+
+    def _become_ready(self, replica: Replica) -> None:
+        if replica.state is not ReplicaState.STARTING:
+            return  # retired before it was ready
+        replica.state = ReplicaState.READY
+        if self.per_replica:
+            replica.queue = simpy.Resource(self.env, capacity=self.cores)
+        else:
+            for _ in range(self.cores):
+                self.slots.put(replica.id)
+        self._on_ready()
+
+    def _retire(self, replica: Replica) -> None:
+        was_ready = replica.state is ReplicaState.READY
+        replica.state = ReplicaState.RETIRING
+        if was_ready and not self.per_replica:
+            self.slots.items = [t for t in self.slots.items if t != replica.id]
+        self._maybe_remove(replica)
+
+    def _maybe_remove(self, replica: Replica) -> None:
+        if replica.state is ReplicaState.RETIRING and replica.busy == 0 and (
+            replica.queue is None or not replica.queue.queue
+        ):
+            del self.replicas[replica.id]
+            self._account()
+
+    def _account(self) -> None:
+        count = len(self.replicas)
+        self._memory.set(count * self.memory_mb)
+        self._replica_cores.set(count * self.cores)
+
+    # ------------------------------------------------------------------ serving
+
+    def pick(self) -> Replica | None:
+        """per_replica mode: the next ready replica, round-robin."""
+        ready = [r for r in self.replicas.values() if r.state is ReplicaState.READY]
+        if not ready:
+            return None
+        self._rr += 1
+        return ready[self._rr % len(ready)]
+
+    def acquired(self, replica_id: int) -> None:
+        self.replicas[replica_id].busy += 1
+
+    def release(self, replica_id: int) -> None:
+        """A call on `replica_id` ended: hand its core back, or let a retiring replica go."""
+        replica = self.replicas[replica_id]
+        replica.busy -= 1
+        if replica.state is ReplicaState.READY:
+            if not self.per_replica:
+                self.slots.put(replica_id)
+        else:
+            self._maybe_remove(replica)

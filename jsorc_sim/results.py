@@ -1,0 +1,173 @@
+"""What a run produced: its tables, JSORC's benchmark report, and what it cost."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tomli_w
+
+from jsorc_sim.recorder import Recorder
+from jsorc_sim.scenario import Scenario
+
+LATENCY_KEYS = (("50th_latency", 50), ("90th_latency", 90), ("95th_latency", 95),
+                ("99th_latency", 99))
+
+
+def version() -> str:
+    try:
+        return metadata.version("jsorc")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Meters:
+    """Time integrals and counts taken from the runtime when the run ended."""
+
+    node_memory_mb_s: float
+    replica_memory_mb_s: float
+    replica_core_s: float
+    peak_memory_mb: float
+    oom_events: int
+    arrivals: int
+    unfinished: int  # requests still in flight when the run ended
+
+
+@dataclass
+class Result:
+    """Tables of one run (pandas DataFrames, built on first use) and its report."""
+
+    scenario: Scenario
+    policy: str
+    policy_params: dict[str, Any]
+    recorder: Recorder
+    meters: Meters
+    status: str = "ok"  # or the policy failure that stopped the run
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def calls(self) -> pd.DataFrame:
+        return self.recorder.calls_frame()
+
+    @cached_property
+    def requests(self) -> pd.DataFrame:
+        return self.recorder.requests_frame()
+
+    @cached_property
+    def decisions(self) -> pd.DataFrame:
+        return self.recorder.decisions_frame()
+
+    @cached_property
+    def timeline(self) -> pd.DataFrame:
+        return self.recorder.timeline_frame()
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        return self.recorder.events_frame()
+
+    # ------------------------------------------------------------------ report
+
+    def report(self) -> dict[str, Any]:
+        """JSORC's benchmark shape, plus `cost`. Latency in ms of requests arriving after
+        warm-up that succeeded; throughput is those per second of (duration - warm-up)."""
+        s = self.scenario
+        req = self.requests
+        kept = req[(req["ts"] >= s.warmup_s) & req["ok"]]
+        span = s.duration_s - s.warmup_s
+        walker_run = {}
+        for app in s.apps:
+            walker_run[app] = _latency_report(kept.loc[kept["app"] == app, "latency_ms"], span)
+        walker_run["all"] = _latency_report(kept["latency_ms"], span)
+        return {"walker_run": walker_run, "cost": self.cost()}
+
+    def cost(self) -> dict[str, Any]:
+        """Over the whole run (warm-up included): memory and cores held, changes, failures."""
+        m = self.meters
+        rec = self.recorder
+        changes = sum(1 for d in rec.decisions if d["placement"] and d["source"] != "scenario")
+        failed_calls = sum(1 for c in rec.calls if not c[10])
+        return {
+            "node_memory_gb_s": round(m.node_memory_mb_s / 1024.0, 3),
+            "replica_memory_gb_s": round(m.replica_memory_mb_s / 1024.0, 3),
+            "replica_core_s": round(m.replica_core_s, 3),
+            "peak_node_memory_mb": round(m.peak_memory_mb, 1),
+            "placement_changes": changes,
+            "cold_starts": sum(1 for c in rec.calls if c[11]),
+            "failed_requests": sum(1 for r in rec.requests if not r[4]),
+            "failed_calls": failed_calls,
+            "oom_events": m.oom_events,
+            "policy_errors": sum(1 for e in rec.events if e["kind"] == "policy_error"),
+            "arrivals": m.arrivals,
+            "unfinished_requests": m.unfinished,
+        }
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, out: str | Path) -> Path:
+        """Write every table, the report and the resolved scenario to `out`, atomically:
+        everything is written to a temporary folder beside it, then swapped in."""
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            for name in ("calls", "requests", "decisions", "timeline", "events"):
+                getattr(self, name).to_parquet(tmp / f"{name}.parquet", index=False)
+            (tmp / "report.json").write_text(json.dumps(self.report(), indent=2) + "\n")
+            (tmp / "scenario.toml").write_text(self.resolved_scenario())
+            if out.exists():
+                old = out.with_name(f".{out.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    def resolved_scenario(self) -> str:
+        table = self.scenario.to_dict()
+        table["policy"]["name"] = self.policy
+        table["policy"]["params"] = _toml_safe(self.policy_params)
+        head = (f"# Resolved by jsorc {version()}: every default filled in, with the seed and\n"
+                f"# policy this run used. `jsorc-sim run` on this file repeats the run.\n")
+        return head + tomli_w.dumps(_toml_safe(table))
+
+
+def _latency_report(latency: pd.Series, span: float) -> dict[str, float | None]:
+    values = latency.to_numpy(dtype=float)
+    out: dict[str, float | None] = {"throughput": round(len(values) / span, 4) if span else None}
+    if len(values) == 0:
+        out["average_latency"] = None
+        out.update({key: None for key, _ in LATENCY_KEYS})
+        return out
+    out["average_latency"] = round(float(values.mean()), 3)
+    percentiles = np.percentile(values, [q for _, q in LATENCY_KEYS])
+    out.update({key: round(float(v), 3) for (key, _), v in zip(LATENCY_KEYS, percentiles,
+                                                              strict=True)})
+    return out
+
+
+def _toml_safe(value: Any) -> Any:
+    """TOML has no null and no NaN: drop None, keep everything else as it is."""
+    if isinstance(value, dict):
+        return {str(k): _toml_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_toml_safe(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return value

@@ -1,0 +1,155 @@
+"""The simulated runtime: a node's cores and memory, walker requests, out-of-memory restarts.
+
+A walker request holds a node core for its own compute, then makes its action calls in
+order. Local calls hold a core too; remote calls do not (the walker waits on the network).
+When a local load would take the node past its memory, the runtime runs out of memory:
+every request in flight fails (recorded, row by row), every local copy is dropped, and the
+runtime is down for `restart_s`; requests arriving meanwhile wait at the door.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+
+from jsorc_sim.actions import ActionRuntime
+from jsorc_sim.distributions import service_sampler, startup_sampler
+from jsorc_sim.meter import Meter
+from jsorc_sim.recorder import Failure, Recorder
+from jsorc_sim.scenario import Scenario
+
+
+@dataclass(frozen=True)
+class AppPlan:
+    """An app as the hot path needs it: its code, compute time and the actions it calls."""
+
+    code: int
+    name: str
+    compute_s: float
+    actions: tuple[ActionRuntime, ...]
+
+
+class Runtime:
+    """The node and everything that runs on it."""
+
+    def __init__(self, env: simpy.Environment, scenario: Scenario,
+                 streams: dict[str, np.random.SeedSequence]) -> None:
+        self.env = env
+        self.scenario = scenario
+        node = scenario.node
+        self.recorder = Recorder(apps=list(scenario.apps), actions=list(scenario.actions))
+        self.cores = simpy.Resource(env, capacity=node.cores)
+        self.memory_total_mb = node.memory_mb
+        self.memory = Meter(env, node.runtime_memory_mb)  # node memory in use
+        self.replica_memory = Meter(env)  # all replicas of all actions (MB)
+        self.replica_cores = Meter(env)
+        self.core_busy_s = 0.0  # core-seconds of finished compute and local calls
+        self.up = True
+        self.up_event = env.event()
+        self.epoch = 0  # counts restarts; loads started before one are void
+        self.oom_events = 0
+        self.active: dict[int, simpy.Process] = {}  # requests past the door, by id
+        self.at_door = 0  # requests waiting for a restart to end
+        self.next_request = 0
+        self.arrivals = 0
+
+        network = scenario.network
+        base = scenario.resolve(".")
+        service_seeds = streams["service"].spawn(len(scenario.actions))
+        startup_seeds = streams["startup"].spawn(len(scenario.actions))
+        self.actions: dict[str, ActionRuntime] = {}
+        for code, (name, spec) in enumerate(scenario.actions.items()):
+            startup_rng = np.random.default_rng(startup_seeds[code])
+            network_ms = 0.0
+            if network.rtt_ms or spec.payload_kb:
+                # KB x 8 = kbit; kbit / (Mbit/s) = ms
+                network_ms = network.rtt_ms + spec.payload_kb * 8.0 / network.bandwidth_mbps
+            self.actions[name] = ActionRuntime(
+                self, spec, code,
+                service=service_sampler(spec.service, np.random.default_rng(service_seeds[code]),
+                                        base),
+                load_time=startup_sampler(spec.local_load_s, spec.startup_cv, startup_rng),
+                start_time=startup_sampler(spec.remote_start_s, spec.startup_cv, startup_rng),
+                network_ms=network_ms,
+            )
+        self.apps = [
+            AppPlan(code, name, app.compute_ms / 1000.0,
+                    tuple(self.actions[a] for a in app.calls))
+            for code, (name, app) in enumerate(scenario.apps.items())
+        ]
+
+    # ------------------------------------------------------------------ requests
+
+    def serve(self, app_code: int, size: float = 0.0) -> Generator[simpy.Event, Any, None]:
+        """One walker request, from arrival to its last call; records one request row."""
+        env = self.env
+        rid = self.next_request
+        self.next_request = rid + 1
+        self.arrivals += 1
+        arrival = env.now
+        while not self.up:
+            self.at_door += 1
+            yield self.up_event
+            self.at_door -= 1
+        self.active[rid] = env.active_process
+        plan = self.apps[app_code]
+        error = 0
+        try:
+            if plan.compute_s:
+                with self.cores.request() as req:
+                    yield req
+                    yield env.timeout(plan.compute_s)
+                self.core_busy_s += plan.compute_s
+            for action in plan.actions:
+                yield from action.call(rid, app_code, size)
+        except simpy.Interrupt as stop:
+            error = int(stop.cause) if isinstance(stop.cause, Failure) else 1
+        del self.active[rid]
+        self.recorder.requests.append(
+            (arrival, rid, app_code, (env.now - arrival) * 1000.0, 0 if error else 1, error))
+
+    # ------------------------------------------------------------------ memory
+
+    @property
+    def memory_used_mb(self) -> float:
+        return self.memory.level
+
+    def allocate(self, mb: float, who: str) -> bool:
+        """Take `mb` of node memory for a local copy, or run out of memory trying."""
+        if self.memory.level + mb > self.memory_total_mb:
+            self.out_of_memory(
+                f"loading {who} ({mb:.0f} MB) with {self.memory.level:.0f} of "
+                f"{self.memory_total_mb:.0f} MB in use")
+            return False
+        self.memory.add(mb)
+        return True
+
+    def out_of_memory(self, detail: str) -> None:
+        env = self.env
+        self.oom_events += 1
+        self.recorder.event(env.now, "out_of_memory", detail)
+        self.up = False
+        self.epoch += 1
+        for action in self.actions.values():
+            action.drop_local()
+        self.memory.set(self.scenario.node.runtime_memory_mb)
+        for process in list(self.active.values()):
+            process.interrupt(Failure.OUT_OF_MEMORY)
+        env.process(self._restart())
+
+    def _restart(self) -> Generator[simpy.Event, Any, None]:
+        yield self.env.timeout(self.scenario.node.restart_s)
+        self.up = True
+        self.recorder.event(self.env.now, "restarted", "runtime up after out-of-memory")
+        event, self.up_event = self.up_event, self.env.event()
+        event.succeed()
+
+    # ------------------------------------------------------------------ placement
+
+    def place_initial(self) -> None:
+        for name, placement in self.scenario.placement.items():
+            self.actions[name].apply(placement, "scenario", "initial placement")

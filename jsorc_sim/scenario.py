@@ -1,0 +1,457 @@
+"""Scenarios: what is simulated, as typed data checked when it is loaded.
+
+A scenario is a TOML file (see README, "Scenario format") or built in Python from the
+dataclasses below. `load(path)` refuses unknown fields and bad values with one message that
+lists every problem, each naming the field path and the value. Every field a scenario does
+not need has a default, documented in `docs` of the field and in the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policies import Mode, Placement, PlacementError
+
+DISTS = ("exp", "const", "lognormal", "empirical")
+WORKLOADS = ("closed", "poisson", "trace")
+TRACE_FORMATS = ("auto", "requests", "azure2019", "azure2021", "azure_llm2023")
+QUEUES = ("shared", "per_replica")
+ON_ERROR = ("keep", "stop")
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be simulated; the message lists every problem found."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        head = f"{source}: " if source else ""
+        if len(problems) == 1:
+            super().__init__(head + problems[0])
+        else:
+            super().__init__(head + f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+
+
+def spec(default: Any = dataclasses.MISSING, doc: str = "", *, minimum: float | None = None,
+         positive: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+    """A scenario field: default, documentation and the check applied when loading."""
+    meta = {"doc": doc, "minimum": minimum, "positive": positive, "choices": choices}
+    if isinstance(default, dict):
+        snapshot = dict(default)
+        return field(default_factory=lambda: dict(snapshot), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dist:
+    """A service-time distribution in ms. `empirical` samples the numbers in `file`."""
+
+    dist: str = spec("exp", "exp | const | lognormal | empirical", choices=DISTS)
+    mean_ms: float = spec(10.0, "mean service time (ms); for empirical, ignored", minimum=0.0)
+    cv: float = spec(1.0, "coefficient of variation (lognormal only)", minimum=0.0)
+    file: str = spec("", "empirical: a file of samples in ms, one per line or a CSV column")
+    column: str = spec("", "empirical: the CSV column to read (default: the first)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSpec:
+    """The runtime's machine."""
+
+    cores: int = spec(4, "cores: a walker's compute and each local call hold one", positive=True)
+    memory_mb: float = spec(4096.0, "node memory", positive=True)
+    runtime_memory_mb: float = spec(300.0, "what the runtime itself uses", minimum=0.0)
+    restart_s: float = spec(30.0, "runtime restart time after out-of-memory", minimum=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkSpec:
+    """Between the runtime and remote replicas."""
+
+    rtt_ms: float = spec(0.0, "round-trip time added to each remote call", minimum=0.0)
+    bandwidth_mbps: float = spec(1000.0, "link speed for payloads", positive=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionSpec:
+    """One action: its memory, start-up times and service time."""
+
+    name: str = ""
+    service: Dist = spec(dataclasses.MISSING, "service-time distribution (required)")
+    local_memory_mb: float = spec(0.0, "memory of a local copy on the node", minimum=0.0)
+    local_load_s: float = spec(0.0, "time to load the action locally", minimum=0.0)
+    remote_start_s: float = spec(0.0, "time until a new replica is ready", minimum=0.0)
+    remote_memory_mb: float = spec(-1.0, "memory of one replica (default: local_memory_mb)")
+    remote_cores: int = spec(1, "calls one replica serves at once", positive=True)
+    local_slowdown: float = spec(1.0, "factor on service time when run on the node",
+                                 positive=True)
+    payload_kb: float = spec(0.0, "request+response size of a remote call", minimum=0.0)
+    per_size_ms: float = spec(0.0, "service ms added per unit of a call's size", minimum=0.0)
+    startup_cv: float = spec(0.0, "cv of load/start times (0: constant; else lognormal)",
+                             minimum=0.0)
+    default_mode: str = spec("local", "mode used when an unloaded action is called",
+                             choices=("local", "remote"))
+    remote_queue: str = spec("shared", "shared: one FIFO per action (M/M/c); per_replica: "
+                             "round-robin onto per-replica queues", choices=QUEUES)
+
+    @property
+    def replica_memory_mb(self) -> float:
+        return self.local_memory_mb if self.remote_memory_mb < 0 else self.remote_memory_mb
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppSpec:
+    """A walker: its own compute, then its action calls in order."""
+
+    name: str = ""
+    calls: tuple[str, ...] = spec(dataclasses.MISSING, "action calls in order (required)")
+    compute_ms: float = spec(0.0, "the walker's own work on a node core, before its calls",
+                             minimum=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkloadSpec:
+    """Where requests come from."""
+
+    kind: str = spec("closed", "closed | poisson | trace", choices=WORKLOADS)
+    clients: int = spec(1, "closed: clients calling back to back", positive=True)
+    think_ms: float = spec(0.0, "closed: pause between a client's requests", minimum=0.0)
+    rate_per_s: float = spec(1.0, "poisson: arrival rate", positive=True)
+    trace: str = spec("", "trace: path (relative to the scenario file)")
+    trace_format: str = spec("auto", "auto | requests | azure2019 | azure2021 | azure_llm2023",
+                             choices=TRACE_FORMATS)
+    spread: str = spec("uniform", "per-minute traces: uniform (seeded) | even",
+                       choices=("uniform", "even"))
+    llm_size: str = spec("total", "LLM trace size: total | context | generated tokens",
+                         choices=("total", "context", "generated"))
+    time_scale: float = spec(1.0, "trace: multiply arrival times (0.5 replays twice as fast)",
+                             positive=True)
+    mix: Mapping[str, float] = spec({}, "app -> weight for each arrival (default: equal)")
+    map: Mapping[str, str] = spec({}, "trace stream (function, or a unique prefix of at "
+                                  "least 6 characters) -> app")
+    unmapped: str = spec("mix", "trace streams with no map entry: mix (an app by weight) | drop",
+                         choices=("mix", "drop"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicySpec:
+    """The policy the controller runs."""
+
+    name: str = spec("none", "registered name or module:Class; none keeps the placement")
+    interval_s: float = spec(10.0, "control interval", positive=True)
+    params: Mapping[str, Any] = spec({}, "policy parameters")
+    on_error: str = spec("keep", "a policy that raises: keep the placement, or stop the run",
+                         choices=ON_ERROR)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    name: str = "scenario"
+    seed: int = spec(0, "seed of every random stream (arrivals, service, start-up)", minimum=0)
+    duration_s: float = spec(600.0, "simulated seconds", positive=True)
+    warmup_s: float = spec(0.0, "excluded from reports", minimum=0.0)
+    timeline_s: float = spec(10.0, "timeline sampling period", positive=True)
+    node: NodeSpec = field(default_factory=NodeSpec)
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    actions: Mapping[str, ActionSpec] = field(default_factory=dict)
+    apps: Mapping[str, AppSpec] = field(default_factory=dict)
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    placement: Mapping[str, Placement] = field(default_factory=dict)
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    base_dir: str = "."  # where relative paths (traces, samples) are resolved; not a TOML field
+
+    def for_app(self, app: str) -> Scenario:
+        """The same scenario with only `app` in the workload (and only the actions it calls)."""
+        if app not in self.apps:
+            raise ScenarioError(self.name, [f"--app: unknown app {app!r}; apps: "
+                                            f"{', '.join(self.apps)}"])
+        used = set(self.apps[app].calls)
+        mapped = {k: v for k, v in self.workload.map.items() if v == app}
+        # With a map, only the streams mapped to `app` are that app's traffic.
+        unmapped = "drop" if self.workload.map else self.workload.unmapped
+        workload = dataclasses.replace(self.workload, mix={app: 1.0}, map=mapped,
+                                       unmapped=unmapped)
+        return dataclasses.replace(
+            self,
+            apps={app: self.apps[app]},
+            actions={n: a for n, a in self.actions.items() if n in used},
+            placement={n: p for n, p in self.placement.items() if n in used},
+            workload=workload,
+        )
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scenario as a TOML-ready table (defaults included, so it is fully resolved)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "seed": self.seed,
+            "duration_s": self.duration_s,
+            "warmup_s": self.warmup_s,
+            "timeline_s": self.timeline_s,
+            "node": dataclasses.asdict(self.node),
+            "network": dataclasses.asdict(self.network),
+            "actions": {n: _plain(a, skip=("name",)) for n, a in self.actions.items()},
+            "apps": {n: _plain(a, skip=("name",)) for n, a in self.apps.items()},
+            "workload": _plain(self.workload),
+            "placement": {n: str(p) for n, p in self.placement.items()},
+            "policy": _plain(self.policy),
+        }
+        return out
+
+
+def _plain(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _plain(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and check a scenario TOML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(str(path), [f"not valid TOML: {exc}"]) from None
+    raw.setdefault("name", path.stem)
+    return from_dict(raw, source=str(path), base_dir=str(path.parent))
+
+
+def from_dict(raw: Mapping[str, Any], *, source: str = "scenario", base_dir: str = ".") -> Scenario:
+    """Build and check a scenario from a TOML-like table; raises ScenarioError listing problems."""
+    problems: list[str] = []
+    top = _fields(Scenario, raw, "", problems, skip=("node", "network", "actions", "apps",
+                                                      "workload", "placement", "policy",
+                                                      "base_dir"))
+    node = _section(NodeSpec, raw.get("node", {}), "node", problems)
+    network = _section(NetworkSpec, raw.get("network", {}), "network", problems)
+    actions = {}
+    for name, table in _tables(raw.get("actions", {}), "actions", problems).items():
+        actions[name] = _action(name, table, problems)
+    apps = {}
+    for name, table in _tables(raw.get("apps", {}), "apps", problems).items():
+        apps[name] = _app(name, table, actions, problems)
+    workload = _workload(raw.get("workload", {}), apps, problems)
+    placement = _placement(raw.get("placement", {}), actions, problems)
+    policy = _section(PolicySpec, raw.get("policy", {}), "policy", problems)
+    if not actions:
+        problems.append("[actions]: a scenario needs at least one action")
+    if not apps:
+        problems.append("[apps]: a scenario needs at least one app")
+    if top.get("warmup_s", 0.0) >= top.get("duration_s", 600.0):
+        problems.append(f"warmup_s = {top.get('warmup_s')} must be below duration_s = "
+                        f"{top.get('duration_s', 600.0)}")
+    if problems:
+        raise ScenarioError(source, problems)
+    scenario = Scenario(node=node, network=network, actions=actions, apps=apps,
+                        workload=workload, placement=placement, policy=policy,
+                        base_dir=base_dir, **top)
+    _check_files(scenario, source)
+    return scenario
+
+
+def _tables(value: Any, where: str, problems: list[str]) -> dict[str, Mapping[str, Any]]:
+    if not isinstance(value, Mapping):
+        problems.append(f"[{where}] must be a table, got {value!r}")
+        return {}
+    out = {}
+    for name, table in value.items():
+        if not isinstance(table, Mapping):
+            problems.append(f"[{where}.{name}] must be a table, got {table!r}")
+        else:
+            out[name] = table
+    return out
+
+
+def _section(cls: type, value: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(value, Mapping):
+        problems.append(f"[{where}] must be a table, got {value!r}")
+        value = {}
+    return cls(**_fields(cls, value, where, problems))
+
+
+def _fields(cls: type, table: Mapping[str, Any], where: str, problems: list[str],
+            skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check the scalar and mapping fields of `cls` in `table`; unknown keys are problems."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    hints = typing.get_type_hints(cls)
+    label = f"[{where}] " if where else ""
+    for key in table:
+        if key not in fields and key not in skip:
+            problems.append(f"{label}unknown field {key!r} (known: {', '.join(sorted(fields))})")
+    out: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{label}missing required field {name!r}")
+            continue
+        value = _check_value(table[name], hints[name], f, f"{where}.{name}" if where else name,
+                             problems)
+        if value is not _BAD:
+            out[name] = value
+    return out
+
+
+_BAD = object()
+
+
+def _check_value(value: Any, hint: Any, f: dataclasses.Field[Any], where: str,
+                 problems: list[str]) -> Any:
+    meta = f.metadata
+    if hint is float or hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{where} must be a number, got {value!r}")
+            return _BAD
+        if hint is int and not float(value).is_integer():
+            problems.append(f"{where} must be a whole number, got {value!r}")
+            return _BAD
+        if not math.isfinite(value):
+            problems.append(f"{where} must be finite, got {value!r}")
+            return _BAD
+        if meta.get("positive") and value <= 0:
+            problems.append(f"{where} must be > 0, got {value!r}")
+            return _BAD
+        minimum = meta.get("minimum")
+        if minimum is not None and value < minimum:
+            problems.append(f"{where} must be >= {minimum}, got {value!r}")
+            return _BAD
+        return int(value) if hint is int else float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            problems.append(f"{where} must be a string, got {value!r}")
+            return _BAD
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            problems.append(f"{where} must be one of {', '.join(choices)}; got {value!r}")
+            return _BAD
+        return value
+    if typing.get_origin(hint) in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping):
+            problems.append(f"{where} must be a table, got {value!r}")
+            return _BAD
+        return dict(value)
+    return value
+
+
+def _action(name: str, table: Mapping[str, Any], problems: list[str]) -> ActionSpec:
+    values = _fields(ActionSpec, table, f"actions.{name}", problems, skip=("name", "service"))
+    service = table.get("service")
+    if service is None:
+        problems.append(f"[actions.{name}] missing required field 'service'")
+        dist = Dist()
+    elif not isinstance(service, Mapping):
+        problems.append(f"actions.{name}.service must be a table like "
+                        f"{{ dist = \"exp\", mean_ms = 10 }}, got {service!r}")
+        dist = Dist()
+    else:
+        dist = _section(Dist, service, f"actions.{name}.service", problems)
+        if dist.dist == "empirical" and not dist.file:
+            problems.append(f"actions.{name}.service: empirical needs file = \"...\"")
+        if dist.dist != "empirical" and dist.mean_ms <= 0:
+            problems.append(f"actions.{name}.service.mean_ms must be > 0, got {dist.mean_ms}")
+    return ActionSpec(name=name, service=dist, **values)
+
+
+def _app(name: str, table: Mapping[str, Any], actions: Mapping[str, ActionSpec],
+         problems: list[str]) -> AppSpec:
+    values = _fields(AppSpec, table, f"apps.{name}", problems, skip=("name", "calls"))
+    calls = table.get("calls")
+    if calls is None:
+        problems.append(f"[apps.{name}] missing required field 'calls'")
+        calls = []
+    elif not isinstance(calls, list) or not all(isinstance(c, str) for c in calls):
+        problems.append(f"apps.{name}.calls must be a list of action names, got {calls!r}")
+        calls = []
+    for call in calls:
+        if call not in actions:
+            problems.append(f"apps.{name}.calls: unknown action {call!r} "
+                            f"(actions: {', '.join(actions) or 'none'})")
+    return AppSpec(name=name, calls=tuple(calls), **values)
+
+
+def _workload(value: Any, apps: Mapping[str, AppSpec], problems: list[str]) -> WorkloadSpec:
+    workload: WorkloadSpec = _section(WorkloadSpec, value, "workload", problems)
+    for app, weight in workload.mix.items():
+        if app not in apps:
+            problems.append(f"workload.mix: unknown app {app!r} (apps: {', '.join(apps)})")
+        elif isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            problems.append(f"workload.mix.{app} must be a weight >= 0, got {weight!r}")
+    if workload.mix and not sum(float(w) for w in workload.mix.values()
+                                if isinstance(w, int | float)) > 0:
+        problems.append("workload.mix: the weights sum to 0")
+    for stream, app in workload.map.items():
+        if app not in apps:
+            problems.append(f"workload.map.{stream}: unknown app {app!r}")
+    if workload.kind == "trace" and not workload.trace:
+        problems.append("workload.trace: kind = \"trace\" needs trace = \"path\"")
+    mix = {a: float(w) for a, w in workload.mix.items()} if workload.mix else {a: 1.0 for a in apps}
+    return dataclasses.replace(workload, mix=mix)
+
+
+def _placement(value: Any, actions: Mapping[str, ActionSpec],
+               problems: list[str]) -> dict[str, Placement]:
+    if not isinstance(value, Mapping):
+        problems.append(f"[placement] must be a table, got {value!r}")
+        return {}
+    out = {}
+    for name, entry in value.items():
+        if name not in actions:
+            problems.append(f"placement: unknown action {name!r}")
+            continue
+        try:
+            if isinstance(entry, str):
+                out[name] = Placement.parse(entry)
+            elif isinstance(entry, Mapping):
+                extra = set(entry) - {"mode", "replicas"}
+                if extra:
+                    problems.append(f"placement.{name}: unknown field {sorted(extra)[0]!r}")
+                    continue
+                mode = entry.get("mode", "")
+                replicas = entry.get("replicas", 1 if mode == Mode.REMOTE else 0)
+                out[name] = Placement(mode, replicas)
+            else:
+                problems.append(f"placement.{name} must be \"local\", \"remote:N\" or a table, "
+                                f"got {entry!r}")
+        except PlacementError as exc:
+            problems.append(f"placement.{name}: {exc}")
+    return out
+
+
+def _check_files(scenario: Scenario, source: str) -> None:
+    problems = []
+    if scenario.workload.kind == "trace":
+        path = scenario.resolve(scenario.workload.trace)
+        if not path.is_file():
+            problems.append(f"workload.trace: no such file {str(path)!r}")
+    for action in scenario.actions.values():
+        if action.service.dist == "empirical":
+            path = scenario.resolve(action.service.file)
+            if not path.is_file():
+                problems.append(f"actions.{action.name}.service.file: no such file {str(path)!r}")
+    if problems:
+        raise ScenarioError(source, problems)

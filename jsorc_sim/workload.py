@@ -1,0 +1,127 @@
+"""Where requests come from: open Poisson arrivals, closed-loop clients, or a trace replay.
+
+All randomness here comes from the `arrivals` stream, which nothing else draws from, so
+changing the policy (or anything else downstream) leaves the arrivals of a seed unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import simpy
+
+from jsorc_sim.runtime import Runtime
+from jsorc_sim.scenario import Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from jsorc_sim.traces import Arrivals
+
+BATCH = 4096
+
+
+def start(env: simpy.Environment, runtime: Runtime, scenario: Scenario,
+          rng: np.random.Generator) -> None:
+    """Start the arrival processes of the scenario's workload."""
+    workload = scenario.workload
+    apps = list(scenario.apps)
+    if workload.kind == "poisson":
+        env.process(_poisson(env, runtime, workload.rate_per_s, _app_picker(scenario, rng), rng))
+    elif workload.kind == "closed":
+        pick = _app_picker(scenario, rng)
+        for _ in range(workload.clients):
+            env.process(_client(env, runtime, workload.think_ms / 1000.0, pick))
+    else:
+        arrivals = load_trace(scenario, rng)
+        codes = _trace_apps(scenario, arrivals, apps, rng)
+        keep = codes >= 0
+        env.process(_replay(env, runtime, arrivals.ts[keep], codes[keep],
+                            np.nan_to_num(arrivals.size[keep])))
+
+
+def load_trace(scenario: Scenario, rng: np.random.Generator) -> Arrivals:
+    from jsorc_sim import traces  # only trace workloads need pandas' CSV machinery
+
+    workload = scenario.workload
+    path = scenario.resolve(workload.trace)
+    arrivals = traces.read_trace(
+        path, workload.trace_format, seed=int(rng.integers(2**31)), spread=workload.spread,
+        llm_size=workload.llm_size,
+    )
+    if workload.time_scale != 1.0:
+        arrivals = traces.Arrivals(arrivals.ts * workload.time_scale, arrivals.key,
+                                   arrivals.size, arrivals.fmt, arrivals.spread, arrivals.source)
+    return arrivals.until(scenario.duration_s)
+
+
+def _app_picker(scenario: Scenario, rng: np.random.Generator) -> Iterator[int]:
+    """App codes drawn by the mix weights, in batches."""
+    weights = np.array([scenario.workload.mix.get(app, 0.0) for app in scenario.apps])
+    p = weights / weights.sum()
+    if np.count_nonzero(p) == 1:
+        only = int(np.flatnonzero(p)[0])
+        while True:
+            yield only
+    while True:
+        yield from rng.choice(len(p), size=BATCH, p=p).tolist()
+
+
+def _trace_apps(scenario: Scenario, arrivals: Arrivals, apps: list[str],
+                rng: np.random.Generator) -> np.ndarray:
+    """The app code of each arrival: by `map` for mapped streams, else by `mix` (or dropped)."""
+    workload = scenario.workload
+    codes = np.full(len(arrivals), -1, dtype=np.int64)
+    keys = arrivals.key
+    mapped = np.zeros(len(arrivals), dtype=bool)
+    for stream, app in workload.map.items():
+        match = keys == stream
+        if not match.any():
+            # Let people write a unique prefix of a 64-character hash.
+            match = np.array([str(k).startswith(stream) for k in keys]) if len(stream) >= 6 \
+                else match
+        if not match.any():
+            raise ScenarioError(scenario.name, [
+                f"workload.map: no stream {stream!r} in trace {arrivals.source} "
+                f"(streams: {', '.join(s[:12] for s in arrivals.keys()[:10])})"])
+        codes[match] = apps.index(app)
+        mapped |= match
+    rest = ~mapped
+    if workload.unmapped == "mix" and rest.any():
+        weights = np.array([workload.mix.get(app, 0.0) for app in apps])
+        codes[rest] = rng.choice(len(apps), size=int(rest.sum()), p=weights / weights.sum())
+    return codes
+
+
+def _poisson(env: simpy.Environment, runtime: Runtime, rate: float, pick: Iterator[int],
+             rng: np.random.Generator) -> Generator[simpy.Event, Any, None]:
+    timeout, process, serve = env.timeout, env.process, runtime.serve
+    for gap in _gaps(rng, rate):
+        yield timeout(gap)
+        process(serve(next(pick)))
+
+
+def _gaps(rng: np.random.Generator, rate: float) -> Iterator[float]:
+    while True:
+        yield from rng.exponential(1.0 / rate, BATCH).tolist()
+
+
+def _client(env: simpy.Environment, runtime: Runtime, think_s: float,
+            pick: Iterator[int]) -> Generator[simpy.Event, Any, None]:
+    """A closed-loop client: one request at a time, back to back (JSORC's loadtest)."""
+    serve = runtime.serve
+    while True:
+        yield from serve(next(pick))
+        if think_s:
+            yield env.timeout(think_s)
+
+
+def _replay(env: simpy.Environment, runtime: Runtime, ts: np.ndarray, apps: np.ndarray,
+            sizes: np.ndarray) -> Generator[simpy.Event, Any, None]:
+    timeout, process, serve = env.timeout, env.process, runtime.serve
+    now = 0.0
+    for t, app, size in zip(ts.tolist(), apps.tolist(), sizes.tolist(), strict=True):
+        if t > now:
+            yield timeout(t - now)
+            now = t
+        process(serve(app, size))
