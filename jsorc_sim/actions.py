@@ -17,6 +17,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import simpy
+from simpy.resources.resource import Request
 
 from jsorc_sim.distributions import Sampler
 from jsorc_sim.recorder import Failure, Where
@@ -214,7 +215,7 @@ class ActionRuntime:
         env = self.env
         pool = self.pool
         network_ms = self.network_ms
-        req: simpy.Request | None = None  # per_replica mode: the replica's queue slot
+        req: Request | None = None  # per_replica mode: the replica's queue slot
         try:
             if network_ms:
                 yield env.timeout(network_ms / 1000.0)
@@ -262,7 +263,7 @@ class ActionRuntime:
             (issued, rid, app, self.code, REMOTE, token, (start - queued) * 1000.0, service_ms,
              (queued - issued) * 1000.0, (now - issued) * 1000.0, 1, cold, 0))
 
-    def _release(self, token: int, req: simpy.Request | None) -> None:
+    def _release(self, token: int, req: Request | None) -> None:
         if req is not None:
             self.pool.replicas[token].queue.release(req)  # type: ignore[union-attr]
         self.pool.release(token)

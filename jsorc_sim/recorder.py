@@ -116,4 +116,5 @@ def _columns(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> dict[str, n
 
 
 def _categorical(codes: np.ndarray, names: list[str]) -> pd.Categorical:
-    return pd.Categorical.from_codes(codes.astype(np.int16), categories=list(dict.fromkeys(names)))
+    categories = pd.Index(names, dtype=object)
+    return pd.Categorical.from_codes(codes.astype(np.int16), categories=categories)

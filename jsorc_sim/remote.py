@@ -64,6 +64,7 @@ class RemotePool:
         self._on_ready = on_ready
         self._next_id = 0
         self._rr = 0
+        self._counted = 0  # replicas already added to the shared meters
 
     # ------------------------------------------------------------------ sizes
 
@@ -136,9 +137,12 @@ class RemotePool:
             self._account()
 
     def _account(self) -> None:
-        count = len(self.replicas)
-        self._memory.set(count * self.memory_mb)
-        self._replica_cores.set(count * self.cores)
+        # The meters are shared by every action's pool: add this pool's change, not its level.
+        delta = len(self.replicas) - self._counted
+        self._counted = len(self.replicas)
+        if delta:
+            self._memory.add(delta * self.memory_mb)
+            self._replica_cores.add(delta * self.cores)
 
     # ------------------------------------------------------------------ serving
 

@@ -95,7 +95,7 @@ class Runtime:
             self.at_door += 1
             yield self.up_event
             self.at_door -= 1
-        self.active[rid] = env.active_process
+        self.active[rid] = env.active_process  # type: ignore[assignment]  # always set here
         plan = self.apps[app_code]
         error = 0
         try:

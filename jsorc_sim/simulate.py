@@ -13,7 +13,8 @@ import numpy as np
 import simpy
 from tqdm import tqdm
 
-from jsorc_sim import controller, scenario as scenario_mod, workload
+from jsorc_sim import controller, workload
+from jsorc_sim import scenario as scenario_mod
 from jsorc_sim.results import Meters, Result
 from jsorc_sim.runtime import Runtime
 from jsorc_sim.scenario import Scenario
@@ -67,8 +68,9 @@ def simulate(
     else:
         policy_obj = policy
         policy_name = getattr(policy, "policy_name", type(policy).__name__)
-        policy_params = dataclasses.asdict(policy.params) \
-            if dataclasses.is_dataclass(policy.params) else {}
+        given = policy.params
+        policy_params = dataclasses.asdict(given) \
+            if dataclasses.is_dataclass(given) and not isinstance(given, type) else {}
 
     env = simpy.Environment()
     rng_streams = streams(scenario.seed)

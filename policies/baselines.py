@@ -11,7 +11,7 @@ from policies.registry import NoParams, PolicyError, param, register
 
 @register("none")
 class Hold:
-    """Changes nothing: the scenario's initial placement holds, unloaded actions load on first call."""
+    """Changes nothing: the initial placement holds, unloaded actions load on first call."""
 
     Params = NoParams
 

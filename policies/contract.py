@@ -40,7 +40,8 @@ class Placement:
     """Where one action should run, and with how many replicas when remote.
 
     `replicas` is 0 unless the mode is remote, where it must be >= 1. Build with
-    `Placement.local()`, `Placement.remote(3)`, `Placement.unloaded()` or `Placement.parse("remote:3")`.
+    `Placement.local()`, `Placement.remote(3)`, `Placement.unloaded()` or
+    `Placement.parse("remote:3")`.
     """
 
     mode: Mode
@@ -100,7 +101,7 @@ class Placement:
 
 @dataclass(frozen=True, slots=True)
 class LatencyStats:
-    """Latency of the calls (or requests) that finished in a window, in ms; NaN when `count` is 0."""
+    """Latency of the calls (or requests) that finished in a window, in ms; NaN if `count` is 0."""
 
     count: int = 0
     mean_ms: float = NAN

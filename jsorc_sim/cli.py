@@ -1,0 +1,157 @@
+"""`jsorc-sim`: run a scenario under a policy, list policies.
+
+    jsorc-sim run SCENARIO.toml [--app NAME] [--policy NAME|module:Class] [--param k=v]...
+                  [--duration S] [--seed N] [--out DIR] [--json]
+    jsorc-sim policies [--json]
+
+Bad input (a scenario, trace, policy or parameter that cannot be used) exits with code 2 and
+one message naming the bad value; nothing is written to --out then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from jsorc_sim.scenario import ScenarioError
+from jsorc_sim.simulate import simulate
+from policies import PlacementError, PolicyError, describe, names, resolve
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except BadInput as exc:
+        print(f"jsorc-sim: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ScenarioError, PolicyError, PlacementError, ValueError, FileNotFoundError) as exc:
+        # Scenario and trace errors name the file, field or line themselves.
+        print(f"jsorc-sim: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("jsorc-sim: interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jsorc-sim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="simulate a scenario and print JSORC's benchmark report")
+    run.add_argument("scenario", help="scenario TOML file")
+    run.add_argument("--app", help="restrict the workload to one app")
+    run.add_argument("--policy", help="policy name or module:Class (default: the scenario's)")
+    run.add_argument("--param", action="append", default=[], metavar="K=V",
+                     help="policy parameter, repeatable")
+    run.add_argument("--duration", type=float, help="simulated seconds (default: scenario's)")
+    run.add_argument("--seed", type=int, help="random seed (default: scenario's, else 0)")
+    run.add_argument("--out", help="write tables (Parquet), report.json and scenario.toml here")
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    run.set_defaults(handler=_run)
+
+    pol = sub.add_parser("policies", help="list every policy with its parameters and defaults")
+    pol.add_argument("--json", action="store_true")
+    pol.set_defaults(handler=_policies)
+    return parser
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise BadInput(f"--param must look like key=value, got {pair!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def _run(args: argparse.Namespace) -> int:
+    params = parse_params(args.param)
+    if params and not args.policy:
+        raise BadInput("--param needs --policy (the scenario's own parameters are in its file)")
+    if args.seed is not None and args.seed < 0:
+        raise BadInput(f"--seed must be >= 0, got {args.seed}")
+    if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
+        raise BadInput(f"--duration must be a positive number of seconds, got {args.duration}")
+    result = simulate(args.scenario, args.policy, params=params, seed=args.seed,
+                      duration_s=args.duration, app=args.app,
+                      progress=not args.no_progress and sys.stderr.isatty())
+    report = result.report()
+    if args.out:
+        result.save(args.out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(result.scenario.name, result.policy, report, result.status))
+        if args.out:
+            print(f"\nwrote {args.out}/: calls, requests, decisions, timeline, events (.parquet), "
+                  "report.json, scenario.toml")
+    if result.status != "ok":
+        print(f"jsorc-sim: {result.status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_report(scenario: str, policy: str, report: dict[str, Any], status: str = "ok") -> str:
+    """The report as a table a person reads: one row per app, latency in ms."""
+    header = ("app", "throughput/s", "mean ms", "p50 ms", "p90 ms", "p95 ms", "p99 ms")
+    keys = ("throughput", "average_latency", "50th_latency", "90th_latency", "95th_latency",
+            "99th_latency")
+    rows = [header]
+    for app, stats in report["walker_run"].items():
+        rows.append((app, *(_fmt(stats[k]) for k in keys)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [f"scenario {scenario} | policy {policy}" + ("" if status == "ok" else f" | {status}")]
+    for i, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
+                               for j, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    cost = report["cost"]
+    lines.append("")
+    lines.append("cost: " + ", ".join(f"{k} {v}" for k, v in cost.items()))
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _policies(args: argparse.Namespace) -> int:
+    listing: dict[str, dict[str, Any]] = {}
+    for name in names():
+        cls = resolve(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        listing[name] = {"doc": doc, "params": [
+            {"name": p.name, "type": p.type, "default": p.default, "doc": p.doc,
+             "minimum": p.minimum, "maximum": p.maximum} for p in describe(name)]}
+    if args.json:
+        print(json.dumps(listing, indent=2, default=str))
+        return 0
+    for name, info in listing.items():
+        print(f"{name}: {info['doc']}")
+        for p in info["params"]:
+            bounds = ""
+            if p["minimum"] is not None or p["maximum"] is not None:
+                low = "" if p["minimum"] is None else p["minimum"]
+                high = "" if p["maximum"] is None else p["maximum"]
+                bounds = f" [{low}..{high}]"
+            print(f"    {p['name']} ({p['type']}) = {p['default']!r}{bounds}  {p['doc']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
