@@ -19,6 +19,7 @@ from typing import Any
 
 from jsorc_sim.scenario import ScenarioError
 from jsorc_sim.simulate import simulate
+from jsorc_sim.traces import TraceError
 from policies import PlacementError, PolicyError, describe, names, resolve
 
 EXIT_BAD_INPUT = 2
@@ -36,8 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as exc:
         print(f"jsorc-sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ScenarioError, PolicyError, PlacementError, ValueError, FileNotFoundError) as exc:
-        # Scenario and trace errors name the file, field or line themselves.
+    except (ScenarioError, TraceError, PolicyError, PlacementError) as exc:
+        # These name the file, field, line or parameter themselves. Anything else is a bug
+        # and keeps its traceback.
         print(f"jsorc-sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jsorc_sim.scenario import Dist
+from jsorc_sim.scenario import Dist, ScenarioError
 
 BATCH = 4096
 
@@ -83,10 +83,11 @@ def read_samples(path: Path, column: str = "") -> np.ndarray:
     try:
         frame = pd.read_csv(path, header=0 if column else None)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read samples: {exc}") from None
+        raise ScenarioError(str(path), [f"cannot read service-time samples: {exc}"]) from None
     if column:
         if column not in frame.columns:
-            raise ValueError(f"{path}: no column {column!r} (columns: {list(frame.columns)})")
+            raise ScenarioError(str(path), [f"no column {column!r} (columns: "
+                                            f"{', '.join(map(str, frame.columns))})"])
         series = frame[column]
     else:
         series = frame.iloc[:, 0]
@@ -95,8 +96,8 @@ def read_samples(path: Path, column: str = "") -> np.ndarray:
     if bad.any():
         row = int(np.argmax(bad.to_numpy()))
         line = row + (2 if column else 1)
-        raise ValueError(f"{path}:{line}: expected a service time >= 0 in ms, "
-                         f"got {series.iloc[row]!r}")
+        raise ScenarioError(f"{path}:{line}", [f"expected a service time >= 0 in ms, "
+                                               f"got {series.iloc[row]!r}"])
     if len(values) == 0:
-        raise ValueError(f"{path}: no samples")
+        raise ScenarioError(str(path), ["no samples"])
     return values.to_numpy(dtype=float)

@@ -6,6 +6,7 @@ changing the policy (or anything else downstream) leaves the arrivals of a seed 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +51,7 @@ def load_trace(scenario: Scenario, rng: np.random.Generator) -> Arrivals:
         llm_size=workload.llm_size,
     )
     if workload.time_scale != 1.0:
-        arrivals = traces.Arrivals(arrivals.ts * workload.time_scale, arrivals.key,
-                                   arrivals.size, arrivals.fmt, arrivals.spread, arrivals.source)
+        arrivals = dataclasses.replace(arrivals, ts=arrivals.ts * workload.time_scale)
     return arrivals.until(scenario.duration_s)
 
 

@@ -91,9 +91,10 @@ class Placement:
         if not colon:
             return cls.remote(1)
         try:
-            return cls.remote(int(count))
+            replicas = int(count)
         except ValueError:
             raise PlacementError(f"replica count must be an int, got {text!r}") from None
+        return cls.remote(replicas)
 
     def __str__(self) -> str:
         return f"remote:{self.replicas}" if self.mode is Mode.REMOTE else self.mode.value
