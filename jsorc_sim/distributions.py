@@ -98,6 +98,7 @@ def read_samples(path: Path, column: str = "") -> np.ndarray:
         line = row + (2 if column else 1)
         raise ScenarioError(f"{path}:{line}", [f"expected a service time >= 0 in ms, "
                                                f"got {series.iloc[row]!r}"])
-    if len(values) == 0:
-        raise ScenarioError(str(path), ["no samples"])
+    if len(values) == 0 or not values.mean() > 0:
+        # All-zero service times would let a closed-loop client spin at one instant forever.
+        raise ScenarioError(str(path), ["needs samples with a positive mean"])
     return values.to_numpy(dtype=float)

@@ -67,7 +67,9 @@ class NodeSpec:
     cores: int = spec(4, "cores: a walker's compute and each local call hold one", positive=True)
     memory_mb: float = spec(4096.0, "node memory", positive=True)
     runtime_memory_mb: float = spec(300.0, "what the runtime itself uses", minimum=0.0)
-    restart_s: float = spec(30.0, "runtime restart time after out-of-memory", minimum=0.0)
+    # > 0: with an instant restart a closed-loop client that keeps running the node out of
+    # memory would loop forever at one instant of simulated time.
+    restart_s: float = spec(30.0, "runtime restart time after out-of-memory", positive=True)
 
 
 @dataclass(frozen=True, kw_only=True)

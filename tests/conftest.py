@@ -18,5 +18,6 @@ def traces_path() -> Path:
 def traces_dir() -> Path:
     path = traces_path()
     if not path.is_dir():
-        pytest.fail(f"real traces not found at {path}: set JSORC_TRACES or lay ../shared beside the clone")
+        pytest.fail(f"real traces not found at {path}: set JSORC_TRACES or put ../shared "
+                    "beside the clone")
     return path
