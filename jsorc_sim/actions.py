@@ -12,6 +12,7 @@ row does not need.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Generator
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,7 @@ class ActionRuntime:
 
     def _reconcile(self) -> None:
         want = self.desired.mode
+        pool = self.pool
         if want is Mode.LOCAL:
             if self.local is LocalState.NONE:
                 self.local = LocalState.LOADING
@@ -106,16 +108,25 @@ class ActionRuntime:
                 self.local = LocalState.READY  # still in memory: use it again
             if self.local is LocalState.READY:
                 self._route_to(Mode.LOCAL)
-                self.pool.scale_to(0)
+                pool.scale_to(0)
+            elif self.route is Mode.UNLOADED and pool.ready:
+                self._route_to(Mode.REMOTE)  # serve from what is ready until the copy is
         elif want is Mode.REMOTE:
-            self.pool.scale_to(self.desired.replicas)
-            if self.pool.ready:
+            pool.scale_to(self.desired.replicas)
+            if pool.ready:
                 self._route_to(Mode.REMOTE)
                 self._drain_local()
+            elif self.route is Mode.UNLOADED and self.local is LocalState.READY:
+                self._route_to(Mode.LOCAL)  # serve from the loaded copy until a replica is
         else:
-            self.pool.scale_to(0)
+            pool.scale_to(0)
             self._route_to(Mode.UNLOADED)
             self._drain_local()
+            if self._ready is not None:
+                # Calls are waiting for this action: wake them so that they load it again
+                # (a call to an unloaded action is a cold start, whoever unloaded it).
+                waiting, self._ready = self._ready, None
+                waiting.succeed()
 
     def _route_to(self, mode: Mode) -> None:
         self.route = mode
@@ -135,6 +146,11 @@ class ActionRuntime:
         while not runtime.up:  # a load asked for during a restart starts once it is over
             yield runtime.up_event
         if self._load_token is not token:
+            return
+        if self.desired.mode is not Mode.LOCAL:
+            # Moved away before the load began (during a restart): cancel, take no memory.
+            self._load_token = None
+            self.local = LocalState.NONE
             return
         if not runtime.allocate(self.spec.local_memory_mb, self.name):
             return  # out of memory: the runtime restarted and dropped every local copy
@@ -163,27 +179,27 @@ class ActionRuntime:
 
     def call(self, rid: int, app: int, size: float) -> Generator[simpy.Event, Any, None]:
         """One call from a walker: wait for a placement if there is none, then run it."""
-        env = self.env
-        issued = env.now
+        issued = self.env.now
         cold = 0
         if self.route is Mode.UNLOADED:
             cold = 1
-            yield from self._cold_start()
+            self.cold_starts += 1
+            yield from self._wait_for_placement()
         service_ms = self.service()
         if size:
             service_ms += size * self.per_size_ms
         if self.route is Mode.LOCAL:
-            yield from self._call_local(rid, app, issued, service_ms * self.slowdown, cold)
+            yield from self._call_local(rid, app, issued, service_ms, cold)
         else:
             yield from self._call_remote(rid, app, issued, service_ms, cold)
 
-    def _cold_start(self) -> Generator[simpy.Event, Any, None]:
-        self.cold_starts += 1
-        if self.desired.mode is Mode.UNLOADED:
-            mode = self.spec.default_mode
-            target = Placement.remote(1) if mode == "remote" else Placement.local()
-            self.apply(target, "runtime", "cold start: first call of an unloaded action")
+    def _wait_for_placement(self) -> Generator[simpy.Event, Any, None]:
         while self.route is Mode.UNLOADED:
+            if self.desired.mode is Mode.UNLOADED:
+                mode = self.spec.default_mode
+                target = Placement.remote(1) if mode == "remote" else Placement.local()
+                self.apply(target, "runtime", "cold start: call to an unloaded action")
+                continue  # the placement may be ready at once (a replica with no start-up)
             if self._ready is None:
                 self._ready = self.env.event()
             yield self._ready
@@ -192,6 +208,7 @@ class ActionRuntime:
                     cold: int) -> Generator[simpy.Event, Any, None]:
         env = self.env
         runtime = self.runtime
+        service_ms *= self.slowdown
         self.local_in_flight += 1
         try:
             with runtime.cores.request() as req:
@@ -199,7 +216,7 @@ class ActionRuntime:
                 start = env.now
                 yield env.timeout(service_ms / 1000.0)
         except simpy.Interrupt as stop:
-            self._record_failure(rid, app, issued, LOCAL, -1, stop)
+            self._record_failure(rid, app, issued, LOCAL, stop)
             raise
         runtime.core_busy_s += service_ms / 1000.0
         now = env.now
@@ -216,64 +233,75 @@ class ActionRuntime:
         pool = self.pool
         network_ms = self.network_ms
         req: Request | None = None  # per_replica mode: the replica's queue slot
+        sent = env.now  # after any cold-start wait, which counts as waiting, not network
+        moved_local = False
         try:
             if network_ms:
                 yield env.timeout(network_ms / 1000.0)
             queued = env.now
-            if pool.per_replica:
-                replica = pool.pick()
-                if replica is None or replica.queue is None:
-                    yield from self._cold_start()
+            if not pool.ready and not pool.slots.get_queue:
+                # The placement moved while this call was on the wire: no replica will take
+                # it, so it goes where calls go now.
+                yield from self._wait_for_placement()
+                queued = env.now
+                moved_local = self.route is Mode.LOCAL
+            if not moved_local:
+                if pool.per_replica:
                     replica = pool.pick()
-                assert replica is not None and replica.queue is not None
-                token = replica.id
-                req = replica.queue.request()
+                    assert replica is not None and replica.queue is not None
+                    token = replica.id
+                    req = replica.queue.request()
+                    try:
+                        yield req
+                    except simpy.Interrupt:
+                        req.cancel()
+                        if req.triggered:
+                            replica.queue.release(req)
+                        raise
+                else:
+                    get = pool.slots.get()
+                    try:
+                        token = yield get
+                    except simpy.Interrupt:
+                        if get.triggered:
+                            pool.give_back(typing.cast(int, get.value))
+                        else:
+                            get.cancel()
+                        raise
+                pool.acquired(token)
+                start = env.now
                 try:
-                    yield req
+                    yield env.timeout(service_ms / 1000.0)
                 except simpy.Interrupt:
-                    req.cancel()
-                    if req.triggered:
-                        replica.queue.release(req)
+                    # The walker is gone but the replica finishes the call it was given.
+                    ends = env.timeout(start + service_ms / 1000.0 - env.now)
+                    ends.callbacks.append(lambda _e: self._release(token, req))
                     raise
-            else:
-                get = pool.slots.get()
-                try:
-                    token = yield get
-                except simpy.Interrupt:
-                    if get.triggered:
-                        pool.slots.put(get.value)
-                    else:
-                        get.cancel()
-                    raise
-            pool.acquired(token)
-            start = env.now
-            try:
-                yield env.timeout(service_ms / 1000.0)
-            except simpy.Interrupt:
-                # The walker is gone but the replica finishes the call it was given.
-                ends = env.timeout(start + service_ms / 1000.0 - env.now)
-                ends.callbacks.append(lambda _e: self._release(token, req))
-                raise
         except simpy.Interrupt as stop:
-            self._record_failure(rid, app, issued, REMOTE, -1, stop)
+            self._record_failure(rid, app, issued, REMOTE, stop)
             raise
+        if moved_local:
+            yield from self._call_local(rid, app, issued, service_ms, cold)
+            return
         self._release(token, req)
         now = env.now
+        # Waiting is the cold start (if any) plus the queue; network is the wire alone.
         self.runtime.recorder.calls.append(
-            (issued, rid, app, self.code, REMOTE, token, (start - queued) * 1000.0, service_ms,
-             (queued - issued) * 1000.0, (now - issued) * 1000.0, 1, cold, 0))
+            (issued, rid, app, self.code, REMOTE, token,
+             ((sent - issued) + (start - queued)) * 1000.0, service_ms, (queued - sent) * 1000.0,
+             (now - issued) * 1000.0, 1, cold, 0))
 
     def _release(self, token: int, req: Request | None) -> None:
         if req is not None:
             self.pool.replicas[token].queue.release(req)  # type: ignore[union-attr]
         self.pool.release(token)
 
-    def _record_failure(self, rid: int, app: int, issued: float, where: int, replica: int,
+    def _record_failure(self, rid: int, app: int, issued: float, where: int,
                         stop: simpy.Interrupt) -> None:
         now = self.env.now
         error = int(stop.cause) if isinstance(stop.cause, Failure) else int(Failure.OUT_OF_MEMORY)
         self.runtime.recorder.calls.append(
-            (issued, rid, app, self.code, where, replica, 0.0, 0.0, 0.0, (now - issued) * 1000.0,
+            (issued, rid, app, self.code, where, -1, 0.0, 0.0, 0.0, (now - issued) * 1000.0,
              0, 0, error))
 
     # ------------------------------------------------------------------ for observations

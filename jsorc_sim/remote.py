@@ -33,7 +33,10 @@ class ReplicaState(Enum):
 class Replica:
     id: int
     state: ReplicaState
-    busy: int = 0
+    busy: int = 0  # calls it is serving
+    # Shared queue: its tokens not in the store -- held by calls, or handed to a waiting call
+    # that has not resumed yet. A retiring replica is gone only when all are back.
+    out: int = 0
     queue: simpy.Resource | None = None  # per_replica mode only
 
 
@@ -92,15 +95,19 @@ class RemotePool:
     def scale_to(self, count: int) -> None:
         """Start or retire replicas so that `count` are starting or ready."""
         active = [r for r in self.replicas.values() if r.state is not ReplicaState.RETIRING]
-        for _ in range(count - len(active)):
-            self._start()
+        instant = [r for r in (self._start() for _ in range(count - len(active))) if r]
+        # Replicas with no start-up time become ready only now: readiness calls back into the
+        # action's reconcile, which would otherwise scale again in the middle of this loop.
+        for replica in instant:
+            self._become_ready(replica)
         if len(active) > count:
             # Retire the ones not yet ready first, then the newest (as a ReplicaSet does).
-            order = sorted(active, key=lambda r: (r.state is ReplicaState.READY, r.id))
+            order = sorted(active, key=lambda r: (r.state is ReplicaState.READY, -r.id))
             for replica in order[: len(active) - count]:
                 self._retire(replica)
 
-    def _start(self) -> None:
+    def _start(self) -> Replica | None:
+        """Start one replica; returns it if it is ready at once (no start-up time)."""
         replica = Replica(self._next_id, ReplicaState.STARTING)
         self._next_id += 1
         self.replicas[replica.id] = replica
@@ -108,8 +115,8 @@ class RemotePool:
         delay = self.start_time()
         if delay > 0:
             self.env.timeout(delay).callbacks.append(lambda _e: self._become_ready(replica))
-        else:
-            self._become_ready(replica)
+            return None
+        return replica
 
     def _become_ready(self, replica: Replica) -> None:
         if replica.state is not ReplicaState.STARTING:
@@ -119,20 +126,23 @@ class RemotePool:
             replica.queue = simpy.Resource(self.env, capacity=self.cores)
         else:
             for _ in range(self.cores):
-                self.slots.put(replica.id)
+                self._give(replica)
         self._on_ready()
 
     def _retire(self, replica: Replica) -> None:
         was_ready = replica.state is ReplicaState.READY
         replica.state = ReplicaState.RETIRING
         if was_ready and not self.per_replica:
+            # Store puts hand tokens to waiting calls synchronously, so what is not idle in the
+            # store now is held by, or on its way to, a call.
+            idle = self.slots.items.count(replica.id)
             self.slots.items = [t for t in self.slots.items if t != replica.id]
+            replica.out = self.cores - idle
         self._maybe_remove(replica)
 
     def _maybe_remove(self, replica: Replica) -> None:
-        if replica.state is ReplicaState.RETIRING and replica.busy == 0 and (
-            replica.queue is None or not replica.queue.queue
-        ):
+        if replica.state is ReplicaState.RETIRING and replica.busy == 0 and replica.out == 0 \
+                and (replica.queue is None or not replica.queue.queue):
             del self.replicas[replica.id]
             self._account()
 
@@ -161,8 +171,20 @@ class RemotePool:
         """A call on `replica_id` ended: hand its core back, or let a retiring replica go."""
         replica = self.replicas[replica_id]
         replica.busy -= 1
-        if replica.state is ReplicaState.READY:
-            if not self.per_replica:
-                self.slots.put(replica_id)
-        else:
+        self.give_back(replica_id)
+
+    def give_back(self, replica_id: int) -> None:
+        """A token comes back to the pool (a call ended, or never started)."""
+        replica = self.replicas[replica_id]
+        if self.per_replica:
             self._maybe_remove(replica)
+        elif replica.state is ReplicaState.READY or (self.slots.get_queue and not self.ready):
+            # A retiring replica keeps serving the calls already queued when no ready
+            # replica is left to take them (a move away from remote drains the queue).
+            self._give(replica)
+        else:
+            replica.out -= 1
+            self._maybe_remove(replica)
+
+    def _give(self, replica: Replica) -> None:
+        self.slots.put(replica.id)

@@ -42,6 +42,7 @@ class Meters:
     oom_events: int
     arrivals: int
     unfinished: int  # requests still in flight when the run ended
+    ended_s: float  # simulated time the run ended (duration_s, or earlier if it was stopped)
 
 
 @dataclass
@@ -81,11 +82,12 @@ class Result:
 
     def report(self) -> dict[str, Any]:
         """JSORC's benchmark shape, plus `cost`. Latency in ms of requests arriving after
-        warm-up that succeeded; throughput is those per second of (duration - warm-up)."""
+        warm-up that succeeded; throughput is those per second of (end - warm-up), the end
+        being `duration_s` or the moment a stopped run stopped."""
         s = self.scenario
         req = self.requests
         kept = req[(req["ts"] >= s.warmup_s) & req["ok"]]
-        span = s.duration_s - s.warmup_s
+        span = max(min(s.duration_s, self.meters.ended_s) - s.warmup_s, 0.0)
         walker_run = {}
         for app in s.apps:
             walker_run[app] = _latency_report(kept.loc[kept["app"] == app, "latency_ms"], span)
@@ -141,6 +143,14 @@ class Result:
 
     def resolved_scenario(self) -> str:
         table = self.scenario.to_dict()
+        # Absolute paths: the file is read from the output folder, not the original's.
+        if table["workload"]["trace"]:
+            table["workload"]["trace"] = str(self.scenario.resolve(table["workload"]["trace"])
+                                             .resolve())
+        for action in table["actions"].values():
+            if action["service"]["file"]:
+                action["service"]["file"] = str(self.scenario.resolve(action["service"]["file"])
+                                                .resolve())
         table["policy"]["name"] = self.policy
         table["policy"]["params"] = _toml_safe(self.policy_params)
         head = (f"# Resolved by jsorc {version()}: every default filled in, with the seed and\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,7 +90,8 @@ class ActionSpec:
     local_memory_mb: float = spec(0.0, "memory of a local copy on the node", minimum=0.0)
     local_load_s: float = spec(0.0, "time to load the action locally", minimum=0.0)
     remote_start_s: float = spec(0.0, "time until a new replica is ready", minimum=0.0)
-    remote_memory_mb: float = spec(-1.0, "memory of one replica (default: local_memory_mb)")
+    remote_memory_mb: float | None = spec(None, "memory of one replica (default: "
+                                          "local_memory_mb)", minimum=0.0)
     remote_cores: int = spec(1, "calls one replica serves at once", positive=True)
     local_slowdown: float = spec(1.0, "factor on service time when run on the node",
                                  positive=True)
@@ -104,7 +106,7 @@ class ActionSpec:
 
     @property
     def replica_memory_mb(self) -> float:
-        return self.local_memory_mb if self.remote_memory_mb < 0 else self.remote_memory_mb
+        return self.local_memory_mb if self.remote_memory_mb is None else self.remote_memory_mb
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,9 +249,9 @@ def load(path: str | Path) -> Scenario:
 def from_dict(raw: Mapping[str, Any], *, source: str = "scenario", base_dir: str = ".") -> Scenario:
     """Build and check a scenario from a TOML-like table; raises ScenarioError listing problems."""
     problems: list[str] = []
-    top = _fields(Scenario, raw, "", problems, skip=("node", "network", "actions", "apps",
-                                                      "workload", "placement", "policy",
-                                                      "base_dir"))
+    sections = ("node", "network", "actions", "apps", "workload", "placement", "policy")
+    top = _fields(Scenario, raw, "", problems, skip=(*sections, "base_dir"),
+                  allowed=sections)
     node = _section(NodeSpec, raw.get("node", {}), "node", problems)
     network = _section(NetworkSpec, raw.get("network", {}), "network", problems)
     actions = {}
@@ -265,6 +267,9 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "scenario", base_dir: str
         problems.append("[actions]: a scenario needs at least one action")
     if not apps:
         problems.append("[apps]: a scenario needs at least one app")
+    if node.runtime_memory_mb >= node.memory_mb:
+        problems.append(f"node.runtime_memory_mb = {node.runtime_memory_mb:g} leaves no room in "
+                        f"node.memory_mb = {node.memory_mb:g}")
     if top.get("warmup_s", 0.0) >= top.get("duration_s", 600.0):
         problems.append(f"warmup_s = {top.get('warmup_s')} must be below duration_s = "
                         f"{top.get('duration_s', 600.0)}")
@@ -298,14 +303,20 @@ def _section(cls: type, value: Any, where: str, problems: list[str]) -> Any:
 
 
 def _fields(cls: type, table: Mapping[str, Any], where: str, problems: list[str],
-            skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Check the scalar and mapping fields of `cls` in `table`; unknown keys are problems."""
+            skip: tuple[str, ...] = (), allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Check the scalar and mapping fields of `cls` in `table`; unknown keys are problems.
+
+    `skip` fields are checked elsewhere; `allowed` (default: `skip`) are the keys of those
+    that may appear in the table.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     hints = typing.get_type_hints(cls)
     label = f"[{where}] " if where else ""
+    elsewhere = skip if allowed is None else allowed
     for key in table:
-        if key not in fields and key not in skip:
-            problems.append(f"{label}unknown field {key!r} (known: {', '.join(sorted(fields))})")
+        if key not in fields and key not in elsewhere:
+            known = ", ".join(sorted((*fields, *elsewhere)))
+            problems.append(f"{label}unknown field {key!r} (known: {known})")
     out: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in table:
@@ -325,6 +336,11 @@ _BAD = object()
 def _check_value(value: Any, hint: Any, f: dataclasses.Field[Any], where: str,
                  problems: list[str]) -> Any:
     meta = f.metadata
+    optional = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(optional) == 1:
+        if value is None:
+            return None
+        hint = optional[0]  # an optional field that is given is checked as its type
     if hint is float or hint is int:
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{where} must be a number, got {value!r}")

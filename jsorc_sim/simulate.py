@@ -93,6 +93,7 @@ def simulate(
         oom_events=runtime.oom_events,
         arrivals=runtime.arrivals,
         unfinished=runtime.arrivals - len(runtime.recorder.requests),
+        ended_s=env.now,
     )
     return Result(scenario, policy_name, policy_params, runtime.recorder, meters, status,
                   wall_s=time.perf_counter() - started)
