@@ -13,6 +13,7 @@ import numpy as np
 
 from jsorc_sim.recorder import (
     C_ACTION,
+    C_APP,
     C_COLD,
     C_LAT,
     C_NETWORK,
@@ -79,13 +80,20 @@ class Observer:
         )
         actions = {name: self._action(action_code, name, calls, elapsed)
                    for action_code, name in enumerate(runtime.actions)}
+        n_actions = len(rec.actions)
+        pair_counts = np.bincount(
+            (calls[:, C_APP] * n_actions + calls[:, C_ACTION]).astype(np.int64),
+            minlength=len(rec.apps) * n_actions).reshape(len(rec.apps), n_actions)
         apps = {}
         for code, name in enumerate(rec.apps):
             mine = requests[requests[:, R_APP] == code]
             ok = mine[mine[:, R_OK] == 1, R_LAT]
+            per_request = {rec.actions[a]: float(pair_counts[code, a] / len(mine))
+                           for a in np.flatnonzero(pair_counts[code])} if len(mine) else {}
             apps[name] = AppStats(name, len(mine), int(len(mine) - len(ok)),
                                   float(ok.mean()) if len(ok) else math.nan,
-                                  float(np.percentile(ok, 95)) if len(ok) else math.nan)
+                                  float(np.percentile(ok, 95)) if len(ok) else math.nan,
+                                  per_request)
         ok_all = requests[requests[:, R_OK] == 1, R_LAT]
         failed = int(len(requests) - len(ok_all))
         self._requests_total += len(requests)
@@ -110,6 +118,12 @@ class Observer:
             by_where.append(latency_stats(rows[:, C_LAT]))
         sums, counts = self._service_sum[code], self._service_count[code]
         spec = action.spec
+        remote = ok[ok[:, C_WHERE] == Where.REMOTE]
+        ready_cores = action.pool.ready * spec.remote_cores
+        # Little's law over the window: time spent in calls / window = mean calls in system.
+        concurrency = float(remote[:, C_LAT].sum()) / 1000.0 / elapsed if elapsed > 0 else 0.0
+        utilisation = (float(remote[:, C_SERVICE].sum()) / 1000.0 / (ready_cores * elapsed)
+                       if elapsed > 0 and ready_cores else math.nan)
         return ActionStats(
             name=name,
             placement=action.placement,
@@ -127,7 +141,10 @@ class Observer:
             queued=action.pool.queued,
             local_memory_mb=spec.local_memory_mb,
             replica_memory_mb=spec.replica_memory_mb,
-            local_service_ms=sums[0] / counts[0] if counts[0] else math.nan,
-            remote_service_ms=sums[1] / counts[1] if counts[1] else math.nan,
-            network_ms=self._network_sum[code] / counts[1] if counts[1] else math.nan,
+            replica_cores=spec.remote_cores,
+            remote_concurrency=concurrency,
+            remote_utilisation=utilisation,
+            local_service_ms=float(sums[0] / counts[0]) if counts[0] else math.nan,
+            remote_service_ms=float(sums[1] / counts[1]) if counts[1] else math.nan,
+            network_ms=float(self._network_sum[code] / counts[1]) if counts[1] else math.nan,
         )

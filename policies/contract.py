@@ -132,10 +132,15 @@ class ActionStats:
     latency: LatencyStats = field(default_factory=LatencyStats)
     latency_local: LatencyStats = field(default_factory=LatencyStats)
     latency_remote: LatencyStats = field(default_factory=LatencyStats)
-    in_flight: int = 0  # calls being served now
-    queued: int = 0  # calls waiting for a core or a replica now
+    in_flight: int = 0  # now: local calls running or waiting for a core, remote calls served
+    queued: int = 0  # now: calls waiting for a replica
     local_memory_mb: float = 0.0  # what a local copy needs on the node
     replica_memory_mb: float = 0.0  # what one remote replica needs
+    replica_cores: int = 1  # calls one replica serves at once
+    # Over the window: mean remote calls in the system (queued or served) -- the concurrency
+    # Knative and Ray Serve scale on -- and the busy fraction of the ready replicas' cores.
+    remote_concurrency: float = 0.0
+    remote_utilisation: float = NAN
     local_service_ms: float = NAN  # mean service time of local calls observed so far
     remote_service_ms: float = NAN  # mean service time of remote calls observed so far
     network_ms: float = NAN  # mean network time of remote calls observed so far
@@ -166,6 +171,9 @@ class AppStats:
     failures: int = 0
     mean_ms: float = NAN
     p95_ms: float = NAN
+    # Mean calls of each action per request of this app, over the window (what the walker
+    # calls, as observed; empty when no request finished).
+    calls_per_request: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
