@@ -6,6 +6,7 @@ jsorc_live (an import-linter contract checks it).
 
 from __future__ import annotations
 
+from policies.checker import check_policy
 from policies.contract import (
     ActionStats,
     AppStats,
@@ -47,6 +48,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Totals",
+    "check_policy",
     "describe",
     "get",
     "make",

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from policies import baselines
+from policies import autoscalers, baselines, compose, guards, jsorc, model_based
 
-__all__ = ["baselines"]
+__all__ = ["autoscalers", "baselines", "compose", "guards", "jsorc", "model_based"]
