@@ -8,7 +8,10 @@ seeds are paired (the same seed gives every policy the same arrivals and service
 Prints the mean over seeds of each app's mean walker latency (ms) and how much lower
 model_based is than evaluation (the mean of the paired per-seed differences, relative to
 evaluation). "OOM" marks a policy under which no walker run succeeded (the runtime kept
-running out of memory). Writes the cells as CSV beside.
+running out of memory). With --hindsight it adds the best static placement found by
+simulating every feasible one (jsorc_sim.hindsight, same seeds): no placement policy can do
+better than that on a stationary workload, so it bounds any policy's possible gain.
+Writes the cells as CSV beside.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from jsorc_sim.hindsight import best_static
 from jsorc_sim.scenario import Scenario, load
 from jsorc_sim.simulate import simulate
 
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=float, default=4096.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--apps", nargs="+", help="default: all eight")
+    parser.add_argument("--hindsight", action="store_true",
+                        help="add the best static placement (simulates every feasible one)")
     parser.add_argument("--out", default="runs/policy_table")
     args = parser.parse_args(argv)
 
@@ -67,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(args.workers) as pool:
         rows = list(pool.map(cell, cells, chunksize=2))
     frame = pd.DataFrame(rows)
+    if args.hindsight:
+        best = [{"app": app, "policy": "best_static", "seed": seed,
+                 "mean_ms": best_static(scenario, app=app, seed=seed,
+                                        workers=args.workers).best_latency_ms}
+                for app in apps for seed in args.seeds]
+        frame = pd.concat([frame, pd.DataFrame(best)], ignore_index=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / f"cells_{args.clients}clients.csv", index=False)
@@ -86,6 +98,9 @@ def table(frame: pd.DataFrame, apps: list[str]) -> pd.DataFrame:
         for policy in POLICIES:
             values = mine.loc[mine["policy"] == policy, "mean_ms"]
             row[policy] = "OOM" if values.isna().any() else f"{values.mean():.1f}"
+        hindsight = mine.loc[mine["policy"] == "best_static", "mean_ms"]
+        if len(hindsight):
+            row["best static"] = f"{hindsight.mean():.1f}"
         row["model_based vs evaluation"] = paired(mine)
         rows[app] = row
     return pd.DataFrame(rows).T

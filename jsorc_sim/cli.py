@@ -136,7 +136,8 @@ def _policies(args: argparse.Namespace) -> int:
     listing: dict[str, dict[str, Any]] = {}
     for name in names():
         cls = resolve(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        # The docstring's first paragraph, which may wrap over several lines.
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         listing[name] = {"doc": doc, "params": [
             {"name": p.name, "type": p.type, "default": p.default, "doc": p.doc,
              "minimum": p.minimum, "maximum": p.maximum} for p in describe(name)]}
