@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from jsorc_sim import experiment
+from jsorc_sim.experiment import ExperimentError
 from jsorc_sim.scenario import ScenarioError
 from jsorc_sim.simulate import simulate
 from jsorc_sim.traces import TraceError
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as exc:
         print(f"jsorc-sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ScenarioError, TraceError, PolicyError, PlacementError) as exc:
+    except (ScenarioError, TraceError, PolicyError, PlacementError, ExperimentError) as exc:
         # These name the file, field, line or parameter themselves. Anything else is a bug
         # and keeps its traceback.
         print(f"jsorc-sim: {exc}", file=sys.stderr)
@@ -63,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.set_defaults(handler=_run)
+
+    experiment.add_parser(sub)
 
     pol = sub.add_parser("policies", help="list every policy with its parameters and defaults")
     pol.add_argument("--json", action="store_true")

@@ -22,6 +22,11 @@ from jsorc_sim.scenario import Scenario
 
 LATENCY_KEYS = (("50th_latency", 50), ("90th_latency", 90), ("95th_latency", 95),
                 ("99th_latency", 99))
+# The metrics of a report: JSORC's walker_run keys, then the cost keys (see Result.cost).
+WALKER_METRICS = ("throughput", "average_latency", *(key for key, _ in LATENCY_KEYS))
+COST_METRICS = ("node_memory_gb_s", "replica_memory_gb_s", "replica_core_s",
+                "peak_node_memory_mb", "placement_changes", "cold_starts", "failed_requests",
+                "failed_calls", "oom_events", "policy_errors", "arrivals", "unfinished_requests")
 
 
 def version() -> str:
@@ -100,7 +105,7 @@ class Result:
         rec = self.recorder
         changes = sum(1 for d in rec.decisions if d["placement"] and d["source"] != "scenario")
         failed_calls = sum(1 for c in rec.calls if not c[10])
-        return {
+        cost = {
             "node_memory_gb_s": round(m.node_memory_mb_s / 1024.0, 3),
             "replica_memory_gb_s": round(m.replica_memory_mb_s / 1024.0, 3),
             "replica_core_s": round(m.replica_core_s, 3),
@@ -114,6 +119,8 @@ class Result:
             "arrivals": m.arrivals,
             "unfinished_requests": m.unfinished,
         }
+        assert tuple(cost) == COST_METRICS, "keep COST_METRICS in step with cost()"
+        return cost
 
     # ------------------------------------------------------------------ saving
 

@@ -36,7 +36,8 @@ def start(env: simpy.Environment, runtime: Runtime, scenario: Scenario,
     else:
         arrivals = load_trace(scenario, rng)
         codes = _trace_apps(scenario, arrivals, apps, rng)
-        keep = codes >= 0
+        # The map is checked against the whole trace (above); only the window is replayed.
+        keep = (codes >= 0) & (arrivals.ts < scenario.duration_s)
         env.process(_replay(env, runtime, arrivals.ts[keep], codes[keep],
                             np.nan_to_num(arrivals.size[keep])))
 
@@ -52,7 +53,7 @@ def load_trace(scenario: Scenario, rng: np.random.Generator) -> Arrivals:
     )
     if workload.time_scale != 1.0:
         arrivals = dataclasses.replace(arrivals, ts=arrivals.ts * workload.time_scale)
-    return arrivals.until(scenario.duration_s)
+    return arrivals
 
 
 def _app_picker(scenario: Scenario, rng: np.random.Generator) -> Iterator[int]:
@@ -74,16 +75,11 @@ def _trace_apps(scenario: Scenario, arrivals: Arrivals, apps: list[str],
     codes = np.full(len(arrivals), -1, dtype=np.int64)
     keys = arrivals.key
     mapped = np.zeros(len(arrivals), dtype=bool)
+    problems = unmatched_streams(workload.map, arrivals)
+    if problems:
+        raise ScenarioError(scenario.name, problems)
     for stream, app in workload.map.items():
-        match = keys == stream
-        if not match.any():
-            # Let people write a unique prefix of a 64-character hash.
-            match = np.array([str(k).startswith(stream) for k in keys]) if len(stream) >= 6 \
-                else match
-        if not match.any():
-            raise ScenarioError(scenario.name, [
-                f"workload.map: no stream {stream!r} in trace {arrivals.source} "
-                f"(streams: {', '.join(s[:12] for s in arrivals.keys()[:10])})"])
+        match = match_stream(keys, stream)
         codes[match] = apps.index(app)
         mapped |= match
     rest = ~mapped
@@ -91,6 +87,30 @@ def _trace_apps(scenario: Scenario, arrivals: Arrivals, apps: list[str],
         weights = np.array([workload.mix.get(app, 0.0) for app in apps])
         codes[rest] = rng.choice(len(apps), size=int(rest.sum()), p=weights / weights.sum())
     return codes
+
+
+def match_stream(keys: np.ndarray, stream: str) -> np.ndarray:
+    """The arrivals of `stream`: its exact key, or a unique prefix of >= 6 characters (so
+    people can write the start of a 64-character hash)."""
+    match: np.ndarray = np.asarray(keys == stream, dtype=bool)
+    if not match.any() and len(stream) >= 6:
+        match = np.array([str(k).startswith(stream) for k in keys], dtype=bool)
+    return match
+
+
+def unmatched_streams(mapping: dict[str, str] | Any, arrivals: Arrivals) -> list[str]:
+    """A problem for each `map` entry that names no stream of the trace."""
+    distinct = np.array(arrivals.keys(), dtype=object)
+    problems = []
+    for stream in mapping:
+        matches = [str(k) for k in distinct[match_stream(distinct, stream)]]
+        if not matches:
+            problems.append(f"workload.map: no stream {stream!r} in trace {arrivals.source} "
+                            f"(streams: {', '.join(str(s)[:12] for s in distinct[:10])})")
+        elif len(matches) > 1 and stream not in matches:
+            problems.append(f"workload.map: {stream!r} is the start of several streams "
+                            f"({', '.join(m[:12] for m in matches)}): give more characters")
+    return problems
 
 
 def _poisson(env: simpy.Environment, runtime: Runtime, rate: float, pick: Iterator[int],
