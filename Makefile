@@ -31,6 +31,7 @@ test: lint typecheck
 
 bench: setup
 	$(BIN)/python benchmarks/bench_sim.py
+	$(BIN)/python benchmarks/bench_experiment.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -309,7 +309,3 @@ class ActionRuntime:
     @property
     def in_flight(self) -> int:
         return self.local_in_flight + self.pool.in_flight
-
-    @property
-    def replicas_ready(self) -> int:
-        return sum(r.state is ReplicaState.READY for r in self.pool.replicas.values())

@@ -68,6 +68,7 @@ class RemotePool:
         self._next_id = 0
         self._rr = 0
         self._counted = 0  # replicas already added to the shared meters
+        self._ready = 0
 
     # ------------------------------------------------------------------ sizes
 
@@ -78,7 +79,8 @@ class RemotePool:
 
     @property
     def ready(self) -> int:
-        return sum(r.state is ReplicaState.READY for r in self.replicas.values())
+        """Replicas ready (kept as a count: every remote call asks)."""
+        return self._ready
 
     @property
     def in_flight(self) -> int:
@@ -122,6 +124,7 @@ class RemotePool:
         if replica.state is not ReplicaState.STARTING:
             return  # retired before it was ready
         replica.state = ReplicaState.READY
+        self._ready += 1
         if self.per_replica:
             replica.queue = simpy.Resource(self.env, capacity=self.cores)
         else:
@@ -132,6 +135,7 @@ class RemotePool:
     def _retire(self, replica: Replica) -> None:
         was_ready = replica.state is ReplicaState.READY
         replica.state = ReplicaState.RETIRING
+        self._ready -= was_ready
         if was_ready and not self.per_replica:
             # Store puts hand tokens to waiting calls synchronously, so what is not idle in the
             # store now is held by, or on its way to, a call.
