@@ -1,8 +1,10 @@
-"""`jsorc-sim`: run a scenario under a policy, list policies.
+"""`jsorc-sim`: simulate a scenario, run experiments, tune policies, list policies.
 
     jsorc-sim run SCENARIO.toml [--app NAME] [--policy NAME|module:Class] [--param k=v]...
                   [--duration S] [--seed N] [--out DIR] [--json]
     jsorc-sim policies [--json]
+    jsorc-sim experiment FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
+    jsorc-sim tune FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
 
 Bad input (a scenario, trace, policy or parameter that cannot be used) exits with code 2 and
 one message naming the bad value; nothing is written to --out then.
@@ -17,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jsorc_sim import experiment
+from jsorc_sim import experiment, tune
 from jsorc_sim.experiment import ExperimentError
 from jsorc_sim.scenario import ScenarioError
 from jsorc_sim.simulate import simulate
@@ -67,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     experiment.add_parser(sub)
+    tune.add_parser(sub)
 
     pol = sub.add_parser("policies", help="list every policy with its parameters and defaults")
     pol.add_argument("--json", action="store_true")
