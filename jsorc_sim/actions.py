@@ -22,7 +22,7 @@ from simpy.resources.resource import Request
 
 from jsorc_sim.distributions import Sampler
 from jsorc_sim.recorder import Failure, Where
-from jsorc_sim.remote import RemotePool, ReplicaState
+from jsorc_sim.remote import RemotePool
 from jsorc_sim.scenario import ActionSpec
 from policies import Mode, Placement
 
