@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/python experiments/demo.py --out runs/demo
 
 lint: setup
-	$(BIN)/ruff check policies jsorc_sim jsorc_live tests experiments benchmarks
+	$(BIN)/ruff check policies jsorc_sim jsorc_live tests experiments benchmarks notebooks
 	$(BIN)/lint-imports
 
 typecheck: setup

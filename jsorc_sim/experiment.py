@@ -22,6 +22,7 @@ import sys
 import time
 import tomllib
 import traceback
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -564,8 +565,11 @@ def pair(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
             diff = a[ok] - b[ok]
             mean, _std, low, high = _mean_ci(diff)
             p_value = math.nan
-            if len(diff) >= 2 and np.std(diff) > 0:
-                p_value = float(stats.ttest_rel(a[ok], b[ok]).pvalue)
+            if len(diff) >= 2 and np.std(diff) > 1e-9 * max(1.0, abs(float(diff.mean()))):
+                with warnings.catch_warnings():
+                    # Near-identical differences (deterministic cells) only lose precision.
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    p_value = float(stats.ttest_rel(a[ok], b[ok]).pvalue)
             rows.append({**dict(zip(keys, group, strict=True)), "policy": policy,
                          "baseline": baseline, "n": len(diff), "mean_diff": mean,
                          "ci95_low": low, "ci95_high": high, "p_value": p_value,

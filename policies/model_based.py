@@ -145,7 +145,11 @@ class ModelBased:
             for name, a in s.actions.items():
                 a.visits = _ewma(a.visits, visits.get(name, 0.0), w)
             rate = obs.totals.requests / obs.interval_s if obs.interval_s > 0 else 0.0
-            if math.isfinite(obs.totals.mean_ms):
+            # A window with cold starts holds requests that waited for a load or a replica
+            # start: their latency says nothing about contention, so the population (by
+            # Little's law) is learnt from the others only.
+            cold = any(st.cold_starts for st in obs.actions.values())
+            if math.isfinite(obs.totals.mean_ms) and not cold:
                 s.population = _ewma(s.population, max(1.0, rate * obs.totals.mean_ms / 1000),
                                      w)
             busy_ms = obs.node.cpu_utilisation * obs.node.cores * obs.interval_s * 1000.0

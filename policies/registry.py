@@ -71,8 +71,13 @@ def register(name: str) -> Callable[[T], T]:
     """Class decorator: make a policy available as `name`."""
 
     def add(cls: T) -> T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise PolicyError(f"policy name {name!r} is already registered to {_REGISTRY[name]}")
+        known = _REGISTRY.get(name)
+        # The same class defined again (a re-run notebook cell, a reloaded module) replaces
+        # itself; another class may not take a name.
+        same = known is not None and (known.__module__, known.__qualname__) == (
+            cls.__module__, cls.__qualname__)
+        if known is not None and known is not cls and not same:
+            raise PolicyError(f"policy name {name!r} is already registered to {known}")
         params = getattr(cls, "Params", None)
         if params is None or not dataclasses.is_dataclass(params):
             raise PolicyError(f"policy {cls.__name__} needs a `Params` frozen dataclass")
