@@ -279,7 +279,7 @@ def test_a_dask_cluster_gives_the_same_results_as_local_processes(tmp_path: Path
     exp = ex.load_experiment(write(tmp_path, SMALL))
     local = ex.run_experiment(exp, tmp_path / "local", workers=2, progress=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
         remote = ex.run_experiment(exp, tmp_path / "dask", scheduler=cluster.scheduler_address,
                                    progress=False)
     assert remote.ran == 8

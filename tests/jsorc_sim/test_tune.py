@@ -164,7 +164,9 @@ def test_an_unknown_policy_is_named(tmp_path: Path) -> None:
     assert len(found) == 1 and "unknown policy 'all_remotes'" in found[0]
 
 
-def test_overrides_and_paths_are_applied_to_the_scenario(tmp_path: Path) -> None:
+def test_overrides_and_paths_are_applied_to_the_scenario(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JSORC_TRACES", raising=False)  # `make test` exports it
     trace = tmp_path / "held_out.csv"
     trace.write_text("ts,app\n0.5,walker\n1.0,walker\n")
     path = write(tmp_path, test={"scenario": "scenario.toml", "seeds": [2, 3], "set": {
@@ -305,7 +307,7 @@ def test_cells_can_run_on_a_dask_cluster(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address="127.0.0.1:0") as cluster:
         args = parser().parse_args(["tune", str(write(tmp_path, samples=2, iterations=2)),
                                     "--scheduler", cluster.scheduler_address,
                                     "--out", str(tmp_path / "out"), "--json"])
