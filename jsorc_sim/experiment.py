@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +37,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from jsorc_sim.results import COST_METRICS, WALKER_METRICS, version
-from jsorc_sim.scenario import Scenario, ScenarioError, from_dict, load
+from jsorc_sim.scenario import Scenario, ScenarioError, from_dict, load, read_toml, set_path
 from policies import PolicyError, make
 
 METRICS = (*WALKER_METRICS, *COST_METRICS)
@@ -125,13 +124,7 @@ _TOP = {"name", "seeds", "duration_s", "baseline", "metrics", "save_tables", "pl
 def load_experiment(path: str | Path, traces_dir: str | Path | None = None) -> Experiment:
     """Read an experiment file; `traces_dir` (or $JSORC_TRACES) overrides the file's."""
     path = Path(path)
-    try:
-        text = path.read_text()
-        raw = tomllib.loads(text)
-    except OSError as exc:
-        raise ExperimentError(str(path), [f"cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ExperimentError(str(path), [f"not valid TOML: {exc}"]) from None
+    text, raw = read_toml(path, ExperimentError)
     problems: list[str] = []
     for key in sorted(set(raw) - _TOP):
         problems.append(f"unknown field {key!r} (known: {', '.join(sorted(_TOP))})")
@@ -323,18 +316,11 @@ def _cell(label: str, app: str, point: tuple[tuple[str, Any], ...], policy: Poli
 
 def _set_path(table: dict[str, Any], path: str, value: Any, traces: Path,
               problems: list[str], label: str) -> None:
-    """Set a dotted field path in a scenario table ("node.memory_mb")."""
     if isinstance(value, str):
         value = value.replace("{traces}", str(traces))
-    *parents, last = path.split(".")
-    node = table
-    for part in parents:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            problems.append(f"scenario {label}: no table {part!r} on the way to {path!r}")
-            return
-        node = child
-    node[last] = value
+    problem = set_path(table, path, value)
+    if problem:
+        problems.append(f"scenario {label}: {problem}")
 
 
 # ----------------------------------------------------------------------------- running

@@ -13,7 +13,7 @@ import math
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,17 +231,39 @@ def _plain(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- loading
 
 
-def load(path: str | Path) -> Scenario:
-    """Read and check a scenario TOML file."""
-    path = Path(path)
+def read_toml(path: Path,
+              error: Callable[[str, list[str]], Exception]) -> tuple[str, dict[str, Any]]:
+    """A TOML file's text and table; `error(source, problems)` is raised if it cannot be read."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ScenarioError(str(path), [f"cannot read: {exc.strerror}"]) from None
+        raise error(str(path), [f"cannot read: {exc.strerror}"]) from None
     try:
-        raw = tomllib.loads(text)
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(str(path), [f"not valid TOML: {exc}"]) from None
+        raise error(str(path), [f"not valid TOML: {exc}"]) from None
+
+
+def set_path(table: dict[str, Any], path: str, value: Any) -> str | None:
+    """Set a dotted field path ("node.memory_mb") in a scenario table; a problem or None.
+
+    Only the tables on the way must exist: the leaf is checked when the table is loaded, so
+    an unknown field is reported by the same message as in a scenario file."""
+    *parents, leaf = path.split(".")
+    node = table
+    for i, part in enumerate(parents):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            return f"no table {'.'.join(parents[:i + 1])!r} on the way to {path!r}"
+        node = child
+    node[leaf] = value
+    return None
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and check a scenario TOML file."""
+    path = Path(path)
+    _text, raw = read_toml(path, ScenarioError)
     raw.setdefault("name", path.stem)
     return from_dict(raw, source=str(path), base_dir=str(path.parent))
 

@@ -61,7 +61,6 @@ import os
 import re
 import sys
 import time
-import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
@@ -346,13 +345,7 @@ def load_tune(path: str | Path, *, traces_dir: str | Path | None = None) -> Tune
     scenarios, overrides, apps, seeds) is listed in one TuneError before anything runs.
     `traces_dir` (else $JSORC_TRACES, else the file's `traces_dir`) expands "{traces}"."""
     path = Path(path)
-    try:
-        text = path.read_text()
-        raw = tomllib.loads(text)
-    except OSError as exc:
-        raise TuneError(str(path), [f"cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TuneError(str(path), [f"not valid TOML: {exc}"]) from None
+    text, raw = scenario_mod.read_toml(path, TuneError)
     problems: list[str] = []
     for key in raw:
         if key not in _TOP_KEYS:
@@ -640,16 +633,9 @@ def _override(which: str, scenario: Scenario, overrides: Any, base: Path,
             continue
         if isinstance(value, str) and any(p.fullmatch(key) for p in PATH_FIELDS):
             value = _path(value, base, traces, where, problems)
-        *parents, leaf = key.split(".")
-        node: Any = table
-        for i, part in enumerate(parents):
-            node = node.get(part) if isinstance(node, dict) else None
-            if not isinstance(node, dict):
-                problems.append(f"{where}: no table {'.'.join(parents[:i + 1])!r} in scenario "
-                                f"{scenario.name!r}")
-                break
-        else:
-            node[leaf] = value
+        problem = scenario_mod.set_path(table, key, value)
+        if problem:
+            problems.append(f"{where}: {problem} in scenario {scenario.name!r}")
     if len(problems) > before:
         return None
     try:
