@@ -118,9 +118,10 @@ class ModelBased:
             s.target = self._initial_plan(observation)
             s.planned_at = observation.now
             reason = "model: initial packing by memory (no calls seen yet)"
-        elif s.seen_traffic and (oom or (not moving and observation.now - s.planned_at
-                                         >= self.params.replan_s)):
-            reason = self._replan(observation) or reason
+        elif s.seen_traffic and (oom or observation.now - s.planned_at >= self.params.replan_s):
+            # While a change is under way only replicas may be added: a burst must not wait
+            # for the last scale-up to finish, but nothing else moves on half-known effects.
+            reason = self._replan(observation, grow_only=moving and not oom) or reason
         return Decision(self._stage(observation), reason)
 
     # ------------------------------------------------------------------ learning
@@ -150,8 +151,10 @@ class ModelBased:
             # Little's law) is learnt from the others only.
             cold = any(st.cold_starts for st in obs.actions.values())
             if math.isfinite(obs.totals.mean_ms) and not cold:
-                s.population = _ewma(s.population, max(1.0, rate * obs.totals.mean_ms / 1000),
-                                     w)
+                sample = rate * obs.totals.mean_ms / 1000
+            else:  # the calls in the system right now (each request is at one action)
+                sample = float(sum(st.in_flight + st.queued for st in obs.actions.values()))
+            s.population = _ewma(s.population, max(1.0, sample), w)
             busy_ms = obs.node.cpu_utilisation * obs.node.cores * obs.interval_s * 1000.0
             local_ms = sum(st.latency_local.count * _or(st.local_service_ms, 0.0)
                            for st in obs.actions.values())
@@ -188,7 +191,7 @@ class ModelBased:
             runtime = self.params.runtime_memory_mb
         return self.params.memory_cap * obs.node.memory_total_mb - runtime
 
-    def _replan(self, obs: Observation) -> str:
+    def _replan(self, obs: Observation, grow_only: bool = False) -> str:
         s, p = self._s, self.params
         s.planned_at = obs.now
         in_use = [n for n, a in s.actions.items() if a.visits > 0 and self._known(a)]
@@ -200,7 +203,11 @@ class ModelBased:
                        if n not in in_use and s.target.get(n, obs.actions[n].desired).mode
                        is Mode.LOCAL)
         room = self._room(obs) - fixed_mb
-        best, best_cost = self._search(in_use, room, obs.node.cores)
+        if grow_only:
+            best = self._with_replicas(dict(current), obs.node.cores)
+            best_cost = self._cost(best, obs.node.cores)
+        else:
+            best, best_cost = self._search(in_use, room, obs.node.cores)
         now_cost = self._cost(current, obs.node.cores)
         changed = [n for n in in_use if best[n] != current.get(n)]
         if not changed:
