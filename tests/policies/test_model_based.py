@@ -148,3 +148,29 @@ def test_with_eight_clients_it_beats_the_baselines_and_evaluation() -> None:
         latency[name] = result.report()["walker_run"]["all"]["average_latency"]
     best_other = min(v for k, v in latency.items() if k != "model_based")
     assert latency["model_based"] < 0.8 * best_other, latency
+
+
+def test_during_a_transition_it_only_adds_replicas() -> None:
+    policy = get("model_based", replan_s=0.0)
+    policy.reset(0)
+    acts = [action("llm", 3900, REMOTE1, remote_ms=300.0, network_ms=8.0, transition=True),
+            action("small", 200, LOCAL, local_ms=10.0, local_calls=10)]
+    policy.decide(observe(0.0, acts))
+    # A burst while llm's replica is still changing: 30 requests in the system.
+    decision = policy.decide(observe(10.0, acts, requests=100, mean_ms=3000.0,
+                                     calls={"llm": 1.0, "small": 1.0}))
+    assert decision.placements["llm"].mode is Mode.REMOTE
+    assert decision.placements["llm"].replicas > 1, decision
+    assert decision.placements["small"] == LOCAL, "no mode changes while moving"
+    assert "llm=remote:" in decision.reason
+
+
+def test_a_window_of_cold_starts_learns_the_population_from_calls_in_flight() -> None:
+    policy = ModelBased(dataclasses.replace(ModelBased.Params(), replan_s=0.0))
+    policy.reset(0)
+    cold = dataclasses.replace(action("m", 100, REMOTE1, remote_ms=100.0, network_ms=1.0),
+                               cold_starts=5, in_flight=4, queued=8)
+    policy.decide(observe(0.0, [cold]))
+    # The window's 45 s mean latency is a cold start, not contention: 12 calls in the system.
+    policy.decide(observe(10.0, [cold], requests=5, mean_ms=45_000.0, calls={"m": 1.0}))
+    assert policy._s.population == pytest.approx(12.0)
