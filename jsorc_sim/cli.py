@@ -23,7 +23,7 @@ from jsorc_sim import experiment, tune
 from jsorc_sim.experiment import ExperimentError
 from jsorc_sim.scenario import ScenarioError
 from jsorc_sim.simulate import simulate
-from jsorc_sim.traces import TraceError
+from jsorc_traces import TraceError
 from policies import PlacementError, PolicyError, describe, names, resolve
 
 EXIT_BAD_INPUT = 2

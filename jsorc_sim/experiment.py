@@ -286,8 +286,8 @@ _MISSING = object()
 
 def _trace_problems(scenario: Scenario, seen: dict[tuple[str, str], Any]) -> list[str]:
     """Read a trace workload's file once (malformed lines, map entries naming no stream)."""
-    from jsorc_sim.traces import TraceError, read_trace
     from jsorc_sim.workload import unmatched_streams
+    from jsorc_traces import TraceError, read_trace
 
     workload = scenario.workload
     if workload.kind != "trace":

@@ -17,7 +17,7 @@ from jsorc_sim.runtime import Runtime
 from jsorc_sim.scenario import Scenario, ScenarioError
 
 if TYPE_CHECKING:
-    from jsorc_sim.traces import Arrivals
+    from jsorc_traces import Arrivals
 
 BATCH = 4096
 
@@ -43,7 +43,7 @@ def start(env: simpy.Environment, runtime: Runtime, scenario: Scenario,
 
 
 def load_trace(scenario: Scenario, rng: np.random.Generator) -> Arrivals:
-    from jsorc_sim import traces  # only trace workloads need pandas' CSV machinery
+    import jsorc_traces as traces  # only trace workloads need the CSV machinery
 
     workload = scenario.workload
     path = scenario.resolve(workload.trace)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jsorc_sim.traces import (
+from jsorc_traces.readers import (
     FORMATS,
     SPREADS,
     Arrivals,
