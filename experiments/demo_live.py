@@ -1,0 +1,155 @@
+"""The live demo (`make demo-live`): a real jsorc server on this machine, a loadtest of one app
+under `all_remote`, then under `model_based`, with the two benchmark reports side by side.
+
+    python experiments/demo_live.py [--app restaurant_chatbot] [--clients 4] [--duration 20]
+
+It starts `jsorc serve` on a free 127.0.0.1 port with a fresh admin token, configures the
+app's example actions (numpy "models", scaled down to fit: JSORC_ACTION_SCALE), turns the
+controller on (every 2 s), sets `all_remote` and waits until every action is served by a
+replica process, drives the loadtest, switches to `model_based`, shows the placements it
+chooses, loadtests again, prints both reports, and stops everything (the server stops its
+replica processes). All through the `jsorc` CLI, as a user would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from jsorc_live import cli
+
+APPS = {  # the loadtest apps' actions, as in jsorc_live.runtime
+    "restaurant_chatbot": ("bi_enc", "tfm_ner"),
+    "sentence_pairing": ("sbert_sim", "bi_enc"),
+    "discussion_analysis": ("bi_enc", "cl_summer"),
+    "flow_analysis": ("text_seg", "tfm_ner", "use_enc"),
+}
+
+
+def jsorc(url: str, token: str, *argv: str) -> Any:
+    """Run one `jsorc` command in-process and return its JSON answer (exit on refusal)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = cli.main([*argv, "--server", url, "--token", token, "--json"])
+    if code != 0:
+        raise SystemExit(f"jsorc {' '.join(argv)} failed (exit {code})")
+    return json.loads(buffer.getvalue())
+
+
+@contextlib.contextmanager
+def server(token: str) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "JSORC_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-m", "jsorc_live.cli", "serve", "--port",
+                             str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        import httpx
+
+        while True:
+            if proc.poll() is not None:
+                log = proc.stderr.read().decode() if proc.stderr else ""
+                raise SystemExit(f"jsorc serve exited: {log}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("jsorc serve did not answer within 30 s")
+            time.sleep(0.2)
+        print(f"jsorc serve is up at {url}", file=sys.stderr)
+        yield url
+    finally:
+        proc.terminate()  # the server stops its replica processes on SIGTERM
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print("jsorc serve stopped (and its replicas with it)", file=sys.stderr)
+
+
+def wait_placements(url: str, token: str, actions: tuple[str, ...], want: str,
+                    timeout_s: float = 90.0) -> dict[str, str]:
+    """Poll `jsorc status` until every action's placement starts with `want` and is settled."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = jsorc(url, token, "status")["actions"]
+        shown = {a: str(status[a].get("placement")) for a in actions if a in status}
+        settled = all(not status[a].get("transition") for a in shown)
+        if settled and (not want or all(p.startswith(want) for p in shown.values())):
+            return shown
+        if time.monotonic() > deadline:
+            print(f"  (still moving after {timeout_s:g} s: {shown})", file=sys.stderr)
+            return shown
+        time.sleep(1.0)
+
+
+def loadtest(url: str, token: str, app: str, clients: int, duration: float) -> dict[str, Any]:
+    answer = jsorc(url, token, "loadtest", "--app", app, "--clients", str(clients),
+                   "--duration", str(duration))
+    stats: dict[str, Any] = answer["benchmark"]["walker_run"][app]
+    stats["failed"] = answer["failed"]
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", default="restaurant_chatbot", choices=sorted(APPS))
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    actions = APPS[args.app]
+    token = secrets.token_hex(16)
+    with server(token) as url:
+        for action in actions:
+            jsorc(url, token, "actions", "config", action, "jsorc_live.actions.config")
+        jsorc(url, token, "config", "set", "backoff_interval", "2")
+        jsorc(url, token, "config", "set", "automation", "true")
+
+        reports = {}
+        for policy in ("all_remote", "model_based"):
+            jsorc(url, token, "actionpolicy", "set", policy)
+            print(f"\npolicy {policy}: waiting for its placements ...", file=sys.stderr)
+            want = "remote" if policy == "all_remote" else ""
+            time.sleep(5)  # let the controller observe and decide at least twice
+            shown = wait_placements(url, token, actions, want)
+            print(f"  placements: {shown}", file=sys.stderr)
+            print(f"  loadtest: {args.app}, {args.clients} clients, {args.duration:g} s ...",
+                  file=sys.stderr)
+            reports[policy] = loadtest(url, token, args.app, args.clients, args.duration)
+            if policy == "model_based":
+                shown = wait_placements(url, token, actions, "")
+                print(f"  placements after the loadtest: {shown}", file=sys.stderr)
+
+    keys = ("throughput", "average_latency", "50th_latency", "95th_latency", "99th_latency",
+            "failed")
+    print(f"\nJSORC benchmark reports, live, app {args.app}, {args.clients} closed-loop "
+          f"clients, {args.duration:g} s each (latency in ms)")
+    print(f"{'':16s}" + "".join(f"{k:>17s}" for k in keys))
+    for policy, stats in reports.items():
+        print(f"{policy:16s}" + "".join(f"{_fmt(stats.get(k)):>17s}" for k in keys))
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,535 @@
+"""The HTTP face of the live runtime: POST /walker_run, JSORC's admin API, /metrics.
+
+`JsorcService` holds the runtime, the backend, the controller and the META_CONFIG-like
+settings, and answers every admin command as plain data (refusals raise `RuntimeRefusal`,
+which `make_app` turns into `{"success": false, "message": ...}` with its 4xx status). The
+admin API lives under /jsorc/ and needs the token (`Authorization: token T` or `Bearer T`):
+401 without one, 403 with a wrong one. Every endpoint takes a JSON object (malformed: 400).
+
+Answers keep JSORC's shapes: `{"success": true, "action_status": {"mode": ...,
+"remote": {"url": ..., "status": "STARTING|READY"}}}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import importlib
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+import policies
+from jsorc_live.backend import Backend
+from jsorc_live.controller import Controller, LiveObserver, apply_to_runtime, params_of
+from jsorc_live.ops import Ops
+from jsorc_live.runtime import (
+    ActionInfo,
+    CallTiming,
+    Invoker,
+    Replica,
+    Runtime,
+    RuntimeRefusal,
+    Step,
+    TransportError,
+    Walker,
+    loadtest_walkers,
+)
+from policies import Mode, Placement, PlacementError
+
+log = logging.getLogger(__name__)
+
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+LOAD_MODES = {"module": Mode.LOCAL, "local": Mode.LOCAL, "remote": Mode.REMOTE}
+UNLOAD_MODES = {"auto": None, "module": Mode.LOCAL, "local": Mode.LOCAL, "remote": Mode.REMOTE}
+
+
+@dataclass
+class Settings:
+    """The META_CONFIG-like document `config get/set` reads and writes."""
+
+    automation: bool = False
+    backoff_interval: float = 10.0
+    namespace: str = "default"
+    keep_alive: tuple[str, ...] = ()
+    kubernetes: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"automation": self.automation, "backoff_interval": self.backoff_interval,
+                "namespace": self.namespace, "keep_alive": list(self.keep_alive),
+                "kubernetes": self.kubernetes}
+
+    def set(self, name: str, value: Any) -> None:
+        """Set one field from a JSON value or a command-line string, checked."""
+        if name not in self.as_dict():
+            raise RuntimeRefusal(f"unknown config {name!r} (known: "
+                                 f"{', '.join(self.as_dict())})", 404)
+        if isinstance(value, str) and name != "namespace":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                value = [v for v in value.split(",") if v] if name == "keep_alive" else value
+        if name in ("automation", "kubernetes"):
+            if not isinstance(value, bool):
+                raise RuntimeRefusal(f"config {name} must be true or false, got {value!r}")
+            if name == "kubernetes" and value:
+                raise RuntimeRefusal("the kubernetes backend is not built yet; only the "
+                                     "process backend runs", 409)
+            setattr(self, name, value)
+        elif name == "backoff_interval":
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value) or value <= 0:
+                raise RuntimeRefusal(f"config backoff_interval must be a number of seconds "
+                                     f"> 0, got {value!r}")
+            self.backoff_interval = float(value)
+        elif name == "namespace":
+            if not isinstance(value, str) or not value:
+                raise RuntimeRefusal(f"config namespace must be a non-empty string, "
+                                     f"got {value!r}")
+            self.namespace = value
+        else:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise RuntimeRefusal(f"config keep_alive must be a list of service names, "
+                                     f"got {value!r}")
+            self.keep_alive = tuple(value)
+
+
+ConfigLoader = Callable[[str, str], ActionInfo]  # (config module, action) -> info
+
+
+def info_of(cfg: Any) -> ActionInfo:
+    """The runtime's view of an ActionConfig (jsorc_live.actions.config)."""
+    default = str(getattr(cfg, "default_mode", "local"))
+    return ActionInfo(name=cfg.name, module=cfg.module,
+                      local_memory_mb=float(cfg.local_memory_mb),
+                      remote_memory_mb=float(cfg.remote_memory_mb),
+                      default_mode=Mode.REMOTE if default == "remote" else Mode.LOCAL,
+                      setup=dict(getattr(cfg, "setup", {}) or {}))
+
+
+class JsorcService:
+    """Every admin command as a method returning JSORC-shaped data."""
+
+    def __init__(self, runtime: Runtime, backend: Backend | None, *,
+                 load_config: ConfigLoader, policy: str = "default",
+                 settings: Settings | None = None) -> None:
+        self.runtime = runtime
+        self._load_config = load_config
+        self.backend = backend
+        self.settings = settings or Settings()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.policy_name = policy
+        self.controller = self._controller(policies.make(policy, {}))
+        self.observer = LiveObserver(runtime)
+        self.controller.start(self.observer.observe, lambda: self.settings.backoff_interval,
+                              lambda: self.settings.automation)
+
+    def _controller(self, policy: policies.Policy) -> Controller:
+        return Controller(policy, self.policy_name, apply=apply_to_runtime(self.runtime),
+                          known=lambda: list(self.runtime.routers), clock=self.runtime.now)
+
+    # ----------------------------------------------------------------- actions
+
+    def actions_config(self, name: str, config: str) -> dict[str, Any]:
+        if not MODULE_NAME.match(config):
+            raise RuntimeRefusal(f"config must be a module name like "
+                                 f"jsorc_live.actions.config, got {config!r}")
+        self.runtime.configure(self._load_config(config, name))
+        return {"success": True, "message": f"config of {name} loaded from {config}",
+                "action_status": self.runtime.router(name).status()}
+
+    def actions_load(self, name: str, mode: str, url: str | None = None,
+                     replicas: int = 1) -> dict[str, Any]:
+        router = self.runtime.router(name)
+        wanted = _mode(mode, LOAD_MODES, "load")
+        self._manual_allowed()
+        if url is not None and wanted is not Mode.REMOTE:
+            raise RuntimeRefusal("url attaches an action server: use it with -mode remote")
+        if url is not None and not re.match(r"^https?://[^\s/]+", url):
+            raise RuntimeRefusal(f"url must be http(s)://host:port, got {url!r}")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise RuntimeRefusal(f"replicas must be an int >= 1, got {replicas!r}")
+        if url is None and wanted is Mode.REMOTE and self.backend is None:
+            raise RuntimeRefusal("no backend to start replicas with: give a url", 409)
+        if router.desired.mode is wanted:
+            label = "module" if wanted is Mode.LOCAL else "remote"
+            raise RuntimeRefusal(f"action {name!r} is already loaded as {label}; unload it "
+                                 "first", 409)
+        if wanted is Mode.LOCAL:
+            router.set_placement(Placement.local())
+            # Module loads answer when the module is in (JSORC's behaviour); remote loads
+            # answer at once, STARTING until a replica answers.
+            router.wait_settled(self.runtime.call_timeout_s)
+            if router.last_error:
+                raise RuntimeRefusal(router.last_error, 422)
+        else:
+            router.set_placement(Placement.remote(replicas), url=url)
+        return {"success": True, "action_status": router.status()}
+
+    def actions_status(self, name: str) -> dict[str, Any]:
+        return {"success": True, "action_status": self.runtime.router(name).status()}
+
+    def actions_unload(self, name: str, mode: str = "auto") -> dict[str, Any]:
+        router = self.runtime.router(name)
+        wanted = _mode(mode, UNLOAD_MODES, "unload")
+        self._manual_allowed()
+        have = router.desired.mode
+        if have is Mode.UNLOADED:
+            raise RuntimeRefusal(f"action {name!r} is not loaded", 409)
+        if wanted is not None and have is not wanted:
+            label = "module" if have is Mode.LOCAL else "remote"
+            raise RuntimeRefusal(f"action {name!r} is loaded as {label}, not {mode}", 409)
+        router.set_placement(Placement.unloaded())
+        return {"success": True, "action_status": router.status()}
+
+    def _manual_allowed(self) -> None:
+        if self.settings.automation:
+            raise RuntimeRefusal("automation is on: the action policy places actions; "
+                                 "`jsorc config set automation false` first", 409)
+
+    # ----------------------------------------------------------------- policy
+
+    def actionpolicy_set(self, policy_name: str, policy_params: Mapping[str, Any]
+                         ) -> dict[str, Any]:
+        if not isinstance(policy_params, Mapping):
+            raise RuntimeRefusal("policy_params must be an object of name: value")
+        try:
+            policy = policies.make(policy_name, dict(policy_params))
+        except (policies.PolicyError, PlacementError, TypeError, ValueError) as exc:
+            raise RuntimeRefusal(str(exc)) from None
+        with self._lock:
+            old = self.controller
+            old.stop()
+            self.policy_name = policy_name
+            self.controller = self._controller(policy)
+            self.controller.decisions[:0] = old.decisions
+            self.controller.events[:0] = old.events
+            self.controller.start(self.observer.observe,
+                                  lambda: self.settings.backoff_interval,
+                                  lambda: self.settings.automation)
+        return self.actionpolicy_get()
+
+    def actionpolicy_get(self) -> dict[str, Any]:
+        params = {k: _plain(v) for k, v in params_of(self.controller.policy).items()}
+        return {"success": True, "policy": self.policy_name, "params": params,
+                "decisions": self.controller.decisions[-20:]}
+
+    # ----------------------------------------------------------------- tracking, benchmark
+
+    def trackact_start(self) -> dict[str, Any]:
+        self.runtime.track_start()
+        return {"success": True, "message": "tracking action calls"}
+
+    def trackact_stop(self) -> dict[str, Any]:
+        rows = self.runtime.track_stop()
+        return {"success": True, "calls": [{k: _plain(v) for k, v in r.items()} for r in rows]}
+
+    def benchmark_start(self) -> dict[str, Any]:
+        self.runtime.benchmark_start()
+        return {"success": True, "message": "benchmark started"}
+
+    def benchmark_stop(self) -> dict[str, Any]:
+        return {"success": True, "report": _plain(self.runtime.benchmark_stop())}
+
+    def benchmark_report(self) -> dict[str, Any]:
+        return {"success": True, "report": _plain(self.runtime.benchmark_report())}
+
+    # ----------------------------------------------------------------- config, status
+
+    def config_get(self, name: str | None = None) -> dict[str, Any]:
+        doc = self.settings.as_dict()
+        if name is None:
+            return {"success": True, "config": doc}
+        if name not in doc:
+            raise RuntimeRefusal(f"unknown config {name!r} (known: {', '.join(doc)})", 404)
+        return {"success": True, "name": name, "value": doc[name]}
+
+    def config_set(self, name: str, value: Any) -> dict[str, Any]:
+        self.settings.set(name, value)
+        return {"success": True, "name": name, "value": self.settings.as_dict()[name]}
+
+    def status(self) -> dict[str, Any]:
+        return {"success": True, "config": self.settings.as_dict(),
+                "policy": self.policy_name,
+                "walkers": sorted(self.runtime.walkers),
+                "actions": {name: r.status() for name, r in sorted(self.runtime.routers.items())}}
+
+    def walker_set(self, name: str, steps: Any) -> dict[str, Any]:
+        """A user-defined walker: steps [{action, function, args: {param: ctx key}}]."""
+        if not isinstance(steps, list) or not steps:
+            raise RuntimeRefusal("steps must be a non-empty list of {action, function, args}")
+        parsed = []
+        for step in steps:
+            if not isinstance(step, Mapping) or not isinstance(step.get("action"), str) \
+                    or not isinstance(step.get("function"), str) \
+                    or not isinstance(step.get("args", {}), Mapping):
+                raise RuntimeRefusal(f"bad step {step!r}: need action, function (strings) "
+                                     "and optional args {param: ctx key}")
+            parsed.append(Step(step["action"], step["function"], dict(step.get("args", {})),
+                               dict(step.get("defaults", {}))))
+        self.runtime.add_walker(Walker(name, tuple(parsed)))
+        return {"success": True, "walker": name, "steps": len(parsed)}
+
+    # ----------------------------------------------------------------- shutdown
+
+    def close(self) -> None:
+        """Stop the controller, unload every action, stop every replica (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.controller.stop()
+        self.runtime.close()
+        if self.backend is not None:
+            self.backend.shutdown()
+
+
+def _mode(mode: Any, table: Mapping[str, Mode | None], verb: str) -> Mode | None:
+    if not isinstance(mode, str) or mode not in table:
+        raise RuntimeRefusal(f"{verb} mode must be one of {', '.join(table)}, got {mode!r}")
+    return table[mode]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN to None, tuples to lists, enums and placements to strings."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class _Metrics(Collector):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Any]:
+        calls = CounterMetricFamily("jsorc_action_calls", "action calls",
+                                    labels=["action", "placement", "ok"])
+        for (action, placement, ok), count in sorted(self.runtime.call_counts().items()):
+            calls.add_metric([action, placement, str(ok).lower()], count)
+        yield calls
+        ready = GaugeMetricFamily("jsorc_replicas_ready", "ready remote replicas",
+                                  labels=["action"])
+        flight = GaugeMetricFamily("jsorc_in_flight", "calls in flight", labels=["action"])
+        for name, router in sorted(self.runtime.routers.items()):
+            ready.add_metric([name], router.replicas_ready)
+            flight.add_metric([name], router.in_flight)
+        yield ready
+        yield flight
+        yield GaugeMetricFamily("jsorc_requests_in_system", "walker runs in progress",
+                                value=self.runtime.in_system)
+
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _refuse(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"success": False, "message": message}, status_code=status)
+
+
+def make_app(service: JsorcService, token: str) -> FastAPI:
+    """The FastAPI app around `service`; admin calls need `token`."""
+    if not token:
+        raise ValueError("an admin token is required (set JSORC_TOKEN)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(ops.start)  # keep-alive services
+        yield
+        await run_in_threadpool(ops.close)
+        await run_in_threadpool(service.close)
+
+    app = FastAPI(title="jsorc", lifespan=lifespan)
+    registry = CollectorRegistry()
+    registry.register(_Metrics(service.runtime))
+    ops = Ops.attach(app, service, registry)  # tracksys, keep-alive, process/latency metrics
+
+    def authorised(request: Request) -> JSONResponse | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if not header or scheme.lower() not in ("token", "bearer") or not given:
+            return _refuse(401, "admin token required: Authorization: token <JSORC_TOKEN>")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return _refuse(403, "wrong admin token")
+        return None
+
+    async def body(request: Request) -> dict[str, Any] | JSONResponse:
+        raw = await request.body()
+        if not raw.strip():
+            return {}
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _refuse(400, f"malformed JSON body: {exc}")
+        if not isinstance(data, dict):
+            return _refuse(400, f"the body must be a JSON object, got {type(data).__name__}")
+        return data
+
+    def route(path: str, handler: Handler, admin: bool = True) -> None:
+        async def endpoint(request: Request) -> Response:
+            if admin:
+                denied = authorised(request)
+                if denied is not None:
+                    return denied
+            data = await body(request)
+            if isinstance(data, JSONResponse):
+                return data
+            try:
+                result = await run_in_threadpool(handler, data)
+            except RuntimeRefusal as exc:
+                return _refuse(exc.status, str(exc))
+            except _MissingField as exc:
+                return _refuse(400, str(exc))
+            status = int(result.pop("_status", 200))
+            return JSONResponse(result, status_code=status)
+
+        app.add_api_route(path, endpoint, methods=["POST"], include_in_schema=False)
+
+    def walker_run(d: dict[str, Any]) -> dict[str, Any]:
+        ctx = d.get("ctx", {})
+        if not isinstance(ctx, dict):
+            raise RuntimeRefusal("ctx must be a JSON object")
+        result = service.runtime.run_walker(_str(d, "name"), ctx)
+        if not result.ok:
+            return {"_status": 502, "success": False, "message": result.error,
+                    "request_id": result.request_id}
+        return {"success": True, "report": _plain(result.report),
+                "request_id": result.request_id, "latency_ms": result.latency_ms}
+
+    s = service
+    table: dict[str, Handler] = {
+        "/jsorc/actions/config": lambda d: s.actions_config(_str(d, "name"), _str(d, "config")),
+        "/jsorc/actions/load": lambda d: s.actions_load(
+            _str(d, "name"), _str(d, "mode"), d.get("url"), d.get("replicas", 1)),
+        "/jsorc/actions/status": lambda d: s.actions_status(_str(d, "name")),
+        "/jsorc/actions/unload": lambda d: s.actions_unload(_str(d, "name"),
+                                                            d.get("mode", "auto")),
+        "/jsorc/actionpolicy/set": lambda d: s.actionpolicy_set(
+            _str(d, "policy_name"), d.get("policy_params", {})),
+        "/jsorc/actionpolicy/get": lambda d: s.actionpolicy_get(),
+        "/jsorc/trackact/start": lambda d: s.trackact_start(),
+        "/jsorc/trackact/stop": lambda d: s.trackact_stop(),
+        "/jsorc/benchmark/start": lambda d: s.benchmark_start(),
+        "/jsorc/benchmark/stop": lambda d: s.benchmark_stop(),
+        "/jsorc/benchmark/report": lambda d: s.benchmark_report(),
+        "/jsorc/config/get": lambda d: s.config_get(d.get("name")),
+        "/jsorc/config/set": lambda d: s.config_set(_str(d, "name"), _required(d, "value")),
+        "/jsorc/status": lambda d: s.status(),
+        "/jsorc/walker/set": lambda d: s.walker_set(_str(d, "name"), d.get("steps")),
+    }
+    table.update(ops.handlers())  # /jsorc/tracksys/*, /jsorc/service/*
+    for path, handler in table.items():
+        route(path, handler)
+    route("/walker_run", walker_run, admin=False)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"success": True})
+
+    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    return app
+
+
+class _MissingField(ValueError):
+    pass
+
+
+def _required(d: Mapping[str, Any], key: str) -> Any:
+    if key not in d:
+        raise _MissingField(f"missing field {key!r}")
+    return d[key]
+
+
+def _str(d: Mapping[str, Any], key: str) -> str:
+    value = _required(d, key)
+    if not isinstance(value, str) or not value:
+        raise _MissingField(f"field {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+__all__ = ["JsorcService", "Settings", "build_service", "make_app"]
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def build_service(token: str, *, backend: str = "process", config: str | None = None,
+                  policy: str = "default") -> tuple[JsorcService, FastAPI]:
+    """The service and its app over the real parts: jsorc_live.actions' loader and client,
+    and the process backend. `config` configures every action of that config module."""
+    from jsorc_live.actions import config as configs
+    from jsorc_live.actions.loader import AllowList, LocalModule
+    from jsorc_live.backend import ProcessBackend
+
+    if backend != "process":
+        raise RuntimeRefusal(f"backend {backend!r} is not built yet; use process")
+
+    def connect(replica: Replica) -> Invoker:
+        from jsorc_live.actions.client import ActionCallError, RemoteActions
+
+        client = RemoteActions(replica.url, timeout_s=60.0)
+
+        def invoke(name: str, kwargs: dict[str, Any]) -> tuple[Any, CallTiming]:
+            try:
+                result = client.call(name, kwargs)
+            except ActionCallError as exc:
+                if getattr(exc, "status", None) is None:
+                    raise TransportError(str(exc)) from exc
+                raise
+            # The protocol does not say how long the server worked: service and network
+            # are not separable, so both stay NaN and the row's latency holds the total.
+            return result, CallTiming(math.nan, math.nan)
+
+        return invoke
+
+    # Config modules come from the operator (the default and `serve --config`), never from a
+    # request; a configured action's module joins the loader's allow-list.
+    trusted = {configs.DEFAULT_CONFIG_MODULE, *([config] if config else [])}
+    allow = AllowList()
+
+    def load_config(module: str, name: str) -> ActionInfo:
+        try:
+            cfg = configs.load_action_config(module, name, trusted=trusted)
+        except configs.ConfigError as exc:
+            raise RuntimeRefusal(str(exc), 404 if "no action" in str(exc) else 400) from None
+        allow.allow(cfg.module)
+        return info_of(cfg)
+
+    def load_local(info: ActionInfo) -> LocalModule:
+        return LocalModule.load(info.module, allow=allow, setup=info.setup)
+
+    holder: dict[str, Runtime] = {}
+    processes = ProcessBackend(on_dead=lambda r: holder["runtime"].replica_died(r))
+    runtime = Runtime(load_local=load_local, connect=connect, replicas=processes,
+                      walkers=loadtest_walkers())
+    holder["runtime"] = runtime
+    service = JsorcService(runtime, processes, load_config=load_config, policy=policy)
+    if config is not None:
+        module = importlib.import_module(config)
+        for name in sorted(getattr(module, "ACTION_CONFIGS", {})):
+            service.actions_config(name, config)
+    return service, make_app(service, token)

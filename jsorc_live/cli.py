@@ -1,0 +1,323 @@
+"""`jsorc`: serve the live runtime, and JSORC's admin commands against a running server.
+
+    jsorc serve [--host 127.0.0.1] [--port 8000] [--backend process] [--config MODULE]
+    jsorc actions config NAME CONFIG
+    jsorc actions load NAME -mode module|remote [--url URL] [--replicas N]
+    jsorc actions status NAME
+    jsorc actions unload NAME -mode auto|module|remote
+    jsorc actionpolicy set NAME [k=v ...] | get
+    jsorc trackact start | stop [--out FILE.parquet|.csv]
+    jsorc benchmark start | stop | report
+    jsorc config get [NAME] | set NAME VALUE
+    jsorc walker run NAME [--ctx JSON]
+    jsorc status
+
+Every client command takes `--server URL` (or JSORC_URL, default http://127.0.0.1:8000),
+`--token T` (or JSORC_TOKEN) and `--json`. A refusal prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+
+from jsorc_live import loadtest, ops_cli
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+class Refused(Exception):
+    """A command the server (or the CLI) refused: one line, exit code 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "loadtest":
+            return loadtest.run(args, post)
+        answer = run_command(args)
+    except (Refused, loadtest.LoadtestError) as exc:
+        print(f"jsorc: {exc}", file=sys.stderr)
+        return 2
+    show(args, answer)
+    return 0
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--server", default=os.environ.get("JSORC_URL", DEFAULT_SERVER),
+                        help="the jsorc server (default $JSORC_URL or %(default)s)")
+    client.add_argument("--token", default=os.environ.get("JSORC_TOKEN"),
+                        help="admin token (default $JSORC_TOKEN)")
+    client.add_argument("--json", action="store_true", help="print the answer as JSON")
+    client.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+
+    parser = argparse.ArgumentParser(prog="jsorc", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve_p = sub.add_parser("serve", help="run the runtime and the JSORC API")
+    serve_p.add_argument("--host", default="127.0.0.1")
+    serve_p.add_argument("--port", type=int, default=8000)
+    serve_p.add_argument("--backend", choices=["process"], default="process",
+                         help="where remote replicas run (kubernetes: not built yet)")
+    serve_p.add_argument("--token", default=os.environ.get("JSORC_TOKEN"),
+                         help="admin token (default $JSORC_TOKEN; required)")
+    serve_p.add_argument("--config", default=None,
+                         help="configure every action of this config module at start")
+    serve_p.add_argument("--policy", default="default", help="initial action policy")
+    serve_p.add_argument("--log-level", default="warning")
+
+    actions = sub.add_parser("actions", help="configure, load, unload actions").add_subparsers(
+        dest="verb", required=True)
+    a = actions.add_parser("config", parents=[client], help="configure an action")
+    a.add_argument("name")
+    a.add_argument("config", help="module with ACTION_CONFIGS, e.g. jsorc_live.actions.config")
+    a = actions.add_parser("load", parents=[client], help="load an action locally or remote")
+    a.add_argument("name")
+    a.add_argument("-mode", "--mode", required=True, choices=["module", "local", "remote"])
+    a.add_argument("--url", default=None, help="attach this running action server")
+    a.add_argument("--replicas", type=int, default=1)
+    a = actions.add_parser("status", parents=[client], help="an action's status")
+    a.add_argument("name")
+    a = actions.add_parser("unload", parents=[client], help="unload an action")
+    a.add_argument("name")
+    a.add_argument("-mode", "--mode", default="auto", choices=["auto", "module", "local",
+                                                               "remote"])
+
+    policy = sub.add_parser("actionpolicy", help="the action placement policy").add_subparsers(
+        dest="verb", required=True)
+    a = policy.add_parser("set", parents=[client], help="set the policy")
+    a.add_argument("name")
+    a.add_argument("params", nargs="*", metavar="k=v")
+    policy.add_parser("get", parents=[client], help="the policy and its parameters")
+
+    for group, verbs in (("trackact", ("start", "stop")),
+                         ("benchmark", ("start", "stop", "report"))):
+        g = sub.add_parser(group).add_subparsers(dest="verb", required=True)
+        for verb in verbs:
+            a = g.add_parser(verb, parents=[client])
+            if group == "trackact" and verb == "stop":
+                a.add_argument("--out", default=None, help="write the calls to .parquet/.csv")
+
+    config = sub.add_parser("config", help="the JSORC config").add_subparsers(
+        dest="verb", required=True)
+    a = config.add_parser("get", parents=[client])
+    a.add_argument("name", nargs="?")
+    a = config.add_parser("set", parents=[client])
+    a.add_argument("name")
+    a.add_argument("value")
+
+    walker = sub.add_parser("walker", help="run walkers").add_subparsers(dest="verb",
+                                                                        required=True)
+    a = walker.add_parser("run", parents=[client])
+    a.add_argument("name")
+    a.add_argument("--ctx", default="{}", help="the walker's ctx as a JSON object")
+
+    sub.add_parser("status", parents=[client], help="every action at a glance")
+    loadtest.add_parser(sub, client)
+    ops_cli.add_commands(sub, client, serve_p)  # tracksys, service, serve --keep-alive
+    return parser
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def run_command(args: argparse.Namespace) -> dict[str, Any]:
+    command, verb = args.command, getattr(args, "verb", None)
+    if command in ops_cli.COMMANDS:
+        return ops_cli.run_command(args, post)
+    if command == "actions":
+        body: dict[str, Any] = {"name": args.name}
+        if verb == "config":
+            body["config"] = args.config
+        elif verb == "load":
+            body.update(mode=args.mode, replicas=args.replicas)
+            if args.url:
+                body["url"] = args.url
+        elif verb == "unload":
+            body["mode"] = args.mode
+        return post(args, f"/jsorc/actions/{verb}", body)
+    if command == "actionpolicy":
+        if verb == "get":
+            return post(args, "/jsorc/actionpolicy/get", {})
+        return post(args, "/jsorc/actionpolicy/set",
+                    {"policy_name": args.name, "policy_params": parse_params(args.params)})
+    if command == "trackact":
+        answer = post(args, f"/jsorc/trackact/{verb}", {})
+        if verb == "stop" and args.out:
+            write_calls(answer.get("calls", []), Path(args.out))
+            answer["written"] = args.out
+        return answer
+    if command == "benchmark":
+        return post(args, f"/jsorc/benchmark/{verb}", {})
+    if command == "config":
+        if verb == "get":
+            return post(args, "/jsorc/config/get", {"name": args.name} if args.name else {})
+        return post(args, "/jsorc/config/set", {"name": args.name, "value": args.value})
+    if command == "walker":
+        try:
+            ctx = json.loads(args.ctx)
+        except json.JSONDecodeError as exc:
+            raise Refused(f"--ctx is not JSON: {exc}") from None
+        return post(args, "/walker_run", {"name": args.name, "ctx": ctx}, admin=False)
+    return post(args, "/jsorc/status", {})
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """k=v pairs; a value that reads as a JSON object or list is parsed, the rest stay
+    strings (the policy registry converts them to each parameter's type)."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise Refused(f"policy parameters are k=v, got {item!r}")
+        if value[:1] in "{[":
+            try:
+                params[key] = json.loads(value)
+                continue
+            except json.JSONDecodeError as exc:
+                raise Refused(f"parameter {key}: not JSON: {exc}") from None
+        params[key] = value
+    return params
+
+
+def post(args: argparse.Namespace, path: str, body: dict[str, Any],
+         admin: bool = True) -> dict[str, Any]:
+    headers = {}
+    if admin:
+        if not args.token:
+            raise Refused("no admin token: pass --token or set JSORC_TOKEN")
+        headers["Authorization"] = f"token {args.token}"
+    url = args.server.rstrip("/") + path
+    try:
+        response = httpx.post(url, json=body, headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        raise Refused(f"cannot reach {args.server}: {type(exc).__name__}: {exc}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        raise Refused(f"{path}: HTTP {response.status_code}: "
+                      f"{response.text.strip()[:200]}") from None
+    if not isinstance(answer, dict):
+        raise Refused(f"{path}: unexpected answer {answer!r:.200}")
+    if response.status_code >= 400 or answer.get("success") is False:
+        message = answer.get("message") or answer.get("detail") or response.reason_phrase
+        raise Refused(f"{path} refused (HTTP {response.status_code}): {message}")
+    return answer
+
+
+def write_calls(calls: list[dict[str, Any]], out: Path) -> None:
+    import pandas as pd
+
+    from jsorc_live.runtime import CALL_COLUMNS
+
+    frame = pd.DataFrame(calls, columns=list(CALL_COLUMNS))
+    if out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    elif out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        raise Refused(f"--out must end in .parquet or .csv, got {out.name!r}")
+
+
+def show(args: argparse.Namespace, answer: dict[str, Any]) -> None:
+    if ops_cli.show(args, answer):
+        return
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return
+    command, verb = args.command, getattr(args, "verb", None)
+    if command == "status":
+        print(status_table(answer))
+    elif command == "actions":
+        print(action_line(answer["action_status"]))
+    elif command == "actionpolicy":
+        params = " ".join(f"{k}={v}" for k, v in answer.get("params", {}).items())
+        print(f"policy {answer['policy']} {params}".rstrip())
+    elif command == "trackact" and verb == "stop":
+        where = f", written to {answer['written']}" if answer.get("written") else ""
+        print(f"{len(answer.get('calls', []))} calls tracked{where}")
+    elif "report" in answer:
+        print(json.dumps(answer["report"], indent=2))
+    elif command == "config":
+        print(json.dumps(answer.get("config", {answer.get("name"): answer.get("value")}),
+                         indent=2))
+    else:
+        print(answer.get("message", "ok"))
+
+
+def action_line(status: dict[str, Any]) -> str:
+    remote = status.get("remote") or {}
+    where = f" {remote.get('status')} {remote.get('url') or ''}".rstrip() if remote else ""
+    moving = " (moving)" if status.get("transition") else ""
+    error = f" error: {status['error']}" if status.get("error") else ""
+    return (f"{status['name']}: mode {status['mode']}, calls go to {status['placement']}"
+            f"{moving}{where}{error}")
+
+
+def status_table(answer: dict[str, Any]) -> str:
+    header = ("action", "mode", "placement", "desired", "remote", "replicas", "in_flight")
+    rows = [header]
+    for name, st in answer.get("actions", {}).items():
+        remote = st.get("remote") or {}
+        rows.append((name, st["mode"], st["placement"], st["desired"],
+                     remote.get("status", "-"), str(len(remote.get("replicas", []))),
+                     str(st["in_flight"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    config = answer.get("config", {})
+    lines.append(f"policy {answer.get('policy')}, automation {config.get('automation')}, "
+                 f"backoff_interval {config.get('backoff_interval')} s")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- server side
+
+
+def serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from jsorc_live.api import build_service
+
+    if not args.token:
+        fail("serve needs an admin token: pass --token or set JSORC_TOKEN")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        service, app = build_service(args.token, backend=args.backend, config=args.config,
+                                     policy=args.policy)
+        ops_cli.serving(app, args)  # the URL Prometheus scrapes; --keep-alive
+    except Exception as exc:
+        fail(f"cannot start: {type(exc).__name__}: {exc}")
+    print(f"jsorc serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        service.close()
+    return 0
+
+
+def fail(message: str) -> NoReturn:
+    print(f"jsorc: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""The operator's side of a running jsorc: keep-alive services, tracksys, the runtime's
+process and latency metrics, and their admin commands.
+
+`Ops.attach(app, service, registry)` (from api.make_app) adds to the app: the process
+collector, `RuntimeMetrics` and `HttpBytes` (jsorc_live.metrics) on its /metrics, and the
+handlers of
+
+    POST /jsorc/tracksys/start | stop | report
+    POST /jsorc/service/refresh {"name": N} | /jsorc/service/status
+
+which api.make_app serves like its own (token, JSON, refusals). `Ops.start` (at the app's
+start-up) runs the MetaService that keeps the META_CONFIG `keep_alive` services alive;
+`Ops.close` (at shutdown) stops them. `serving` tells it the URL the runtime serves on, so
+Prometheus can scrape it, and applies `jsorc serve --keep-alive`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from jsorc_live.metrics import HttpByteCounters, HttpBytes, RuntimeMetrics
+from jsorc_live.runtime import RuntimeRefusal
+from jsorc_live.services import MetaService, ScrapeTarget, ServiceError
+from jsorc_live.tracksys import TrackSys, TrackSysError
+
+if TYPE_CHECKING:
+    from jsorc_live.api import JsorcService
+
+__all__ = ["Ops", "serving"]
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Ops:
+    """Keep-alive services and tracksys of one JsorcService."""
+
+    def __init__(self, service: JsorcService, *, runtime_url: str | None = None,
+                 meta: Callable[..., MetaService] = MetaService,
+                 scrape_interval_s: float = 1.0) -> None:
+        self.service = service
+        self.runtime_url = runtime_url
+        self.meta = meta(lambda: service.settings.keep_alive, self.targets,
+                         scrape_interval_s=scrape_interval_s)
+        self.tracksys = TrackSys(self.targets, lambda: self.meta.url("prometheus"),
+                                 why_no_prometheus=self._why_no_prometheus)
+
+    @classmethod
+    def attach(cls, app: FastAPI, service: JsorcService, registry: CollectorRegistry) -> Ops:
+        """Ops for `service`, its metrics added to `registry` and its byte counting to
+        `app` (its handlers are `handlers()`)."""
+        ops = cls(service)
+        ProcessCollector(registry=registry)
+        registry.register(RuntimeMetrics(service.runtime))
+        app.add_middleware(HttpBytes, counters=HttpByteCounters(registry))
+        app.state.jsorc_ops = ops
+        return ops
+
+    def start(self) -> None:
+        self.meta.start()
+
+    def close(self) -> None:
+        self.tracksys.close()
+        self.meta.close()
+
+    # ----------------------------------------------------------------- targets
+
+    def targets(self) -> list[ScrapeTarget]:
+        """The runtime (this process) and every replica of every action: the ready ones
+        the routers deal calls to (attached servers included) and the backend's own."""
+        out = [ScrapeTarget(self.runtime_url or "", "runtime", pid=os.getpid())]
+        backend = self.service.backend
+        for name, router in sorted(self.service.runtime.routers.items()):
+            pids = {r.url: r.pid for r in backend.replicas(name)} if backend else {}
+            remote = router.status().get("remote") or {}
+            for url in dict.fromkeys([*remote.get("replicas", []), *pids]):
+                out.append(ScrapeTarget(url, "replica", name, pids.get(url)))
+        return out
+
+    def _why_no_prometheus(self) -> str:
+        status = self.meta.status().get("prometheus")
+        if status is None:
+            return "no Prometheus configured: keep_alive does not name prometheus"
+        return f"Prometheus is {status['state']}: {status['message']}"
+
+    # ----------------------------------------------------------------- commands
+
+    def handlers(self) -> dict[str, Handler]:
+        """The admin endpoints, for api.make_app's table."""
+        return {
+            "/jsorc/tracksys/start": lambda d: self._tracksys(self.tracksys.start),
+            "/jsorc/tracksys/stop": lambda d: self._tracksys(self.tracksys.stop),
+            "/jsorc/tracksys/report": lambda d: self._tracksys(self.tracksys.report),
+            "/jsorc/service/refresh": lambda d: self.service_refresh(_name(d)),
+            "/jsorc/service/status": lambda d: self.service_status(),
+        }
+
+    def _tracksys(self, command: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            answer = command()
+        except TrackSysError as exc:
+            raise RuntimeRefusal(str(exc), exc.status) from None
+        if "processes" in answer:
+            return {"success": True, "report": answer}
+        return {"success": True, "message": f"tracking system metrics from "
+                f"{answer['source']}: {answer['detail']}", **answer}
+
+    def service_refresh(self, name: str) -> dict[str, Any]:
+        try:
+            status = self.meta.refresh(name)
+        except ServiceError as exc:
+            raise RuntimeRefusal(str(exc), exc.status) from None
+        return {"success": True, "message": f"{name} restarted: {status['message']}",
+                "service": status}
+
+    def service_status(self) -> dict[str, Any]:
+        return {"success": True, "keep_alive": list(self.service.settings.keep_alive),
+                "services": self.meta.status()}
+
+
+def _name(d: Mapping[str, Any]) -> str:
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise RuntimeRefusal(f"field 'name' must be a non-empty string, got {name!r}")
+    return name
+
+
+def serving(app: FastAPI, host: str, port: int, keep_alive: str | None = None) -> None:
+    """`jsorc serve` is about to serve `app` on host:port: Prometheus scrapes it there, and
+    `--keep-alive a,b` sets the keep_alive config."""
+    ops: Ops = app.state.jsorc_ops
+    scrape_host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    if ":" in scrape_host:
+        scrape_host = f"[{scrape_host}]"
+    ops.runtime_url = f"http://{scrape_host}:{port}"
+    if keep_alive is not None:
+        ops.service.settings.set("keep_alive", keep_alive)

@@ -1,0 +1,70 @@
+"""`jsorc loadtest` against a real `jsorc serve`: closed loop and trace replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from jsorc_live import cli
+from jsorc_live.runtime import CALL_COLUMNS
+from tests.jsorc_live.test_api_cli import TOKEN, served  # noqa: F401  (the server fixture)
+
+
+def jsorc(url: str, *argv: str) -> int:
+    return cli.main([*argv, "--server", url, "--token", TOKEN])
+
+
+@pytest.fixture(scope="module")
+def loaded(served: str) -> str:  # noqa: F811
+    for action in ("bi_enc", "tfm_ner"):
+        assert jsorc(served, "actions", "config", action, "jsorc_live.actions.config") == 0
+        assert jsorc(served, "actions", "load", action, "-mode", "module") == 0
+    return served
+
+
+def test_closed_loop_clients_report_and_keep_the_call_trace(
+        loaded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    out = tmp_path / "lt"
+    code = jsorc(loaded, "loadtest", "--app", "restaurant_chatbot", "--clients", "2",
+                 "--duration", "3", "--out", str(out), "--json")
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mode"] == "closed" and summary["failed"] == 0
+    assert summary["walker_runs"] >= 4
+    stats = summary["benchmark"]["walker_run"]["restaurant_chatbot"]
+    assert stats["throughput"] > 0 and stats["average_latency"] > 0
+    calls = pd.read_parquet(out / "calls.parquet")
+    assert list(calls.columns) == list(CALL_COLUMNS)
+    assert len(calls) == summary["calls_tracked"] >= 2 * summary["walker_runs"] - 2
+    assert set(calls["action"]) == {"bi_enc", "tfm_ner"} and calls["ok"].all()
+    requests = pd.read_parquet(out / "requests.parquet")
+    assert len(requests) == summary["walker_runs"] and requests["ok"].all()
+    assert json.loads((out / "report.json").read_text())["walker_runs"] == len(requests)
+
+
+def test_a_trace_replays_every_arrival_at_its_time(
+        loaded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "arrivals.csv"
+    times = [0.1 * i for i in range(12)]
+    trace.write_text("ts,app\n" + "".join(f"{t + 100:.3f},restaurant_chatbot\n" for t in times))
+    capsys.readouterr()
+    code = jsorc(loaded, "loadtest", "--app", "restaurant_chatbot", "--trace", str(trace),
+                 "--duration", "5", "--json")
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mode"] == "trace" and summary["walker_runs"] == 12
+    assert summary["failed"] == 0
+
+
+def test_bad_input_exits_2_naming_it(loaded: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    missing = tmp_path / "nope.csv"
+    assert jsorc(loaded, "loadtest", "--app", "restaurant_chatbot", "--trace", str(missing)) == 2
+    assert "nope.csv" in capsys.readouterr().err
+    assert jsorc(loaded, "loadtest", "--app", "restaurant_chatbot", "--clients", "0") == 2
+    assert "--clients must be >= 1, got 0" in capsys.readouterr().err
