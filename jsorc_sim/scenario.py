@@ -22,7 +22,7 @@ from policies import Mode, Placement, PlacementError
 
 DISTS = ("exp", "const", "lognormal", "empirical")
 WORKLOADS = ("closed", "poisson", "trace")
-TRACE_FORMATS = ("auto", "requests", "azure2019", "azure2021", "azure_llm2023")
+TRACE_FORMATS = ("auto", "requests", "azure2019", "azure2021", "azure_llm2023", "calls")
 QUEUES = ("shared", "per_replica")
 ON_ERROR = ("keep", "stop")
 
@@ -128,7 +128,8 @@ class WorkloadSpec:
     think_ms: float = spec(0.0, "closed: pause between a client's requests", minimum=0.0)
     rate_per_s: float = spec(1.0, "poisson: arrival rate", positive=True)
     trace: str = spec("", "trace: path (relative to the scenario file)")
-    trace_format: str = spec("auto", "auto | requests | azure2019 | azure2021 | azure_llm2023",
+    trace_format: str = spec("auto", "auto | requests | azure2019 | azure2021 | azure_llm2023 | "
+                             "calls",
                              choices=TRACE_FORMATS)
     spread: str = spec("uniform", "per-minute traces: uniform (seeded) | even",
                        choices=("uniform", "even"))

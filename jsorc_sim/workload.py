@@ -70,7 +70,8 @@ def _app_picker(scenario: Scenario, rng: np.random.Generator) -> Iterator[int]:
 
 def _trace_apps(scenario: Scenario, arrivals: Arrivals, apps: list[str],
                 rng: np.random.Generator) -> np.ndarray:
-    """The app code of each arrival: by `map` for mapped streams, else by `mix` (or dropped)."""
+    """The app code of each arrival: by `map`, else the app its stream is named after, else by
+    `mix` (or dropped, with `unmapped = "drop"`)."""
     workload = scenario.workload
     codes = np.full(len(arrivals), -1, dtype=np.int64)
     keys = arrivals.key
@@ -82,6 +83,12 @@ def _trace_apps(scenario: Scenario, arrivals: Arrivals, apps: list[str],
         match = match_stream(keys, stream)
         codes[match] = apps.index(app)
         mapped |= match
+    # A stream named like one of the scenario's apps (the `app` column of a requests or
+    # call table) is that app's traffic, unless the map says otherwise.
+    for code, app in enumerate(apps):
+        named = ~mapped & (keys == app)
+        codes[named] = code
+        mapped |= named
     rest = ~mapped
     if workload.unmapped == "mix" and rest.any():
         weights = np.array([workload.mix.get(app, 0.0) for app in apps])

@@ -88,7 +88,11 @@ __all__ = [
     "read_trace",
 ]
 
-FORMATS: Final[tuple[str, ...]] = ("requests", "azure2019", "azure2021", "azure_llm2023")
+FORMATS: Final[tuple[str, ...]] = ("requests", "azure2019", "azure2021", "azure_llm2023",
+                                   "calls")
+# A call table (the simulator's `calls`, `jsorc trackact stop --out`, `jsorc loadtest --out`):
+# one arrival per request, at its first call, of its app. Other columns are the table's own.
+_CALLS_REQUIRED: Final[tuple[str, ...]] = ("ts", "request_id", "app", "action")
 SPREADS: Final[tuple[str, ...]] = ("uniform", "even")
 LLM_SIZES: Final[tuple[str, ...]] = ("total", "context", "generated")
 
@@ -184,7 +188,11 @@ def detect_format(path: str | Path) -> str:
     p = Path(path)
     _require_file(p)
     if p.suffix.lower() in _PARQUET_SUFFIXES:
-        return "requests"
+        try:
+            names = pq.read_schema(p).names
+        except (pa.ArrowException, OSError) as e:
+            raise TraceError(f"{p}: cannot read as Parquet: {e}") from e
+        return "calls" if {"request_id", "action"} <= set(names) else "requests"
     header = _read_header(p)
     fmt = _format_of_header(header)
     if fmt is None:
@@ -221,6 +229,8 @@ def read_trace(
         raw = _read_azure2019(p, seed=seed, spread=spread)
     elif fmt == "azure2021":
         raw = _read_azure2021(p)
+    elif fmt == "calls":
+        raw = _read_calls(p)
     else:
         raw = _read_llm2023(p, llm_size=llm_size)
     return _finish(raw, fmt=fmt, source=str(path), max_s=max_s)
@@ -319,6 +329,8 @@ def _format_of_header(header: list[str]) -> str | None:
         return "azure2021"
     if "TIMESTAMP" in header:
         return "azure_llm2023"
+    if "request_id" in header and "action" in header:
+        return "calls"
     if "ts" in header or "app" in header:
         return "requests"
     return None
@@ -529,6 +541,36 @@ def _read_requests(p: Path) -> _Raw:
         size, size_bad = np.full(ts.size, math.nan), None
     table.fail_first([ts_bad, key_bad, size_bad])
     return _Raw(ts, key, size, _EXACT)
+
+
+def _read_calls(p: Path) -> _Raw:
+    """One arrival per request of a call table: its first call's `ts`, its `app`."""
+    if p.suffix.lower() in _PARQUET_SUFFIXES:
+        try:
+            data = pq.read_table(p)
+        except (pa.ArrowException, OSError) as e:
+            raise TraceError(f"{p}: cannot read as Parquet: {e}") from e
+        header: list[str] = list(data.column_names)
+        where = str(p)
+        table = _Table(p, data, is_csv=False)
+    else:
+        header = _read_header(p)
+        where = f"{p}:1"
+        table = None
+    missing = [c for c in _CALLS_REQUIRED if c not in header]
+    if missing:
+        raise TraceError(f"{where}: a call table needs column(s) "
+                         f"{', '.join(map(repr, missing))}")
+    if table is None:
+        table = _read_csv(p, header)
+    ts, ts_bad = _numbers(table, "ts", kind="real")
+    rid, rid_bad = _numbers(table, "request_id", kind="real")
+    key, key_bad = _texts(table, "app")
+    table.fail_first([ts_bad, rid_bad, key_bad])
+    # The first call of each request is its arrival (a walker calls in order).
+    order = np.lexsort((ts, rid))
+    first = order[np.r_[True, rid[order][1:] != rid[order][:-1]]] if rid.size else order
+    return _Raw(ts[first], key[first], np.full(first.size, math.nan), _EXACT)
 
 
 def _read_azure2021(p: Path) -> _Raw:

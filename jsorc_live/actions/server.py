@@ -10,7 +10,9 @@ so that Jaseci's runtime can call it and jsorc can manage Jaseci's own action se
   parameters that do not fit (unknown ones included), 404 ``{"detail": "Not Found"}``, 405
   ``{"detail": "Method Not Allowed"}``, and 500 with a plain-text body when the action raises
   (here the body is the exception, ``ValueError: ...``; Jaseci sends "Internal Server Error").
-  One deliberate difference: an empty body means "all defaults" (Jaseci answers 500).
+  An empty body is an empty object, as in Jaseci; one deliberate difference: when that
+  leaves a required parameter out, the answer is a 422 like any other (Jaseci calls the
+  function without it and answers 500).
 - ``GET /metrics``: Prometheus text; per action (``group.name``) calls by outcome, a latency
   histogram and calls in flight, plus the module's load memory, the HTTP bytes received and
   sent (``jsorc_http_*_bytes_total``) and the process's own metrics.

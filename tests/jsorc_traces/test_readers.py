@@ -233,7 +233,10 @@ def test_detect_generated_formats(tmp_path: Path) -> None:
     assert detect_format(parquet) == "requests"
     assert detect_format(az21) == "azure2021"
     assert {read_trace(p).fmt for p in (csv_path, parquet, az21)} == {"requests", "azure2021"}
-    assert set(FORMATS) == {"requests", "azure2019", "azure2021", "azure_llm2023"}
+    calls = tmp_path / "calls.parquet"
+    pd.DataFrame({"ts": [1.0], "request_id": [0], "app": ["x"], "action": ["y"]}).to_parquet(calls)
+    assert detect_format(calls) == "calls"
+    assert set(FORMATS) == {"requests", "azure2019", "azure2021", "azure_llm2023", "calls"}
 
 
 # --- the generic requests format and azure2021 -----------------------------------------------
@@ -496,3 +499,29 @@ def test_every_count_is_preserved(table: list[list[int]], seed: int) -> None:
             assert len(arr) == int(counts.sum())
             assert_sorted_from_zero(arr)
             np.testing.assert_array_equal(counts_by_minute(arr, keys, counts.shape[1]), counts)
+
+
+# ----------------------------------------------------------------------------- call tables
+
+
+def test_a_call_table_replays_one_arrival_per_request_at_its_first_call(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.csv"
+    calls.write_text(
+        "ts,request_id,app,action,placement,latency_ms,ok\n"
+        "10.5,1,a,x,local,3,True\n"
+        "10.0,0,b,x,remote,4,True\n"
+        "10.2,0,b,y,remote,4,True\n"  # request 0's second call
+        "12.0,2,a,y,local,1,False\n"
+    )
+    arrivals = read_trace(calls)
+    assert arrivals.fmt == "calls"
+    assert arrivals.ts.tolist() == [0.0, 0.5, 2.0]
+    assert arrivals.key.tolist() == ["b", "a", "a"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ts,request_id,action\n1,0,x\n")
+    with pytest.raises(TraceError, match=r"bad\.csv:1: a call table needs column\(s\) 'app'"):
+        read_trace(bad, "calls")
+    broken = tmp_path / "broken.csv"
+    broken.write_text("ts,request_id,app,action\n1,0,a,x\nsoon,1,a,x\n")
+    with pytest.raises(TraceError, match=r"broken\.csv:3: column 'ts'"):
+        read_trace(broken)
