@@ -35,6 +35,7 @@ from policies import (
     Placement,
     Policy,
     Totals,
+    check_decision,
 )
 
 log = logging.getLogger(__name__)
@@ -156,18 +157,6 @@ class LiveObserver:
         )
 
 
-def validate(decision: object, known: Collection[str]) -> Decision:
-    """The decision if it is valid for these actions; otherwise a ValueError naming the fault."""
-    if not isinstance(decision, Decision):
-        raise ValueError(f"decide() must return a Decision, got {type(decision).__name__}: "
-                         f"{decision!r:.80}")
-    unknown = sorted(set(decision.placements) - set(known))
-    if unknown:
-        raise ValueError(f"decision names unknown action {unknown[0]!r} "
-                         f"(actions: {', '.join(sorted(known))})")
-    return decision
-
-
 Apply = Callable[[str, Placement], bool]  # (action, placement) -> changed
 
 
@@ -197,7 +186,7 @@ class Controller:
     def step(self, observation: Observation) -> Decision | None:
         """Let the policy decide on `observation` and apply it; None when it failed."""
         try:
-            decision = validate(self.policy.decide(observation), self._known())
+            decision = check_decision(self.policy.decide(observation), self._known())
         except Exception as exc:  # a user's policy can fail in any way: record, keep going
             where = traceback.extract_tb(exc.__traceback__)[-1]
             message = f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"

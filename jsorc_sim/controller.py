@@ -16,23 +16,11 @@ import simpy
 
 from jsorc_sim.observe import Observer
 from jsorc_sim.runtime import Runtime
-from policies import Decision, Policy
+from policies import Policy, check_decision
 
 
 class PolicyFailure(RuntimeError):
     """Raised out of the run when a policy fails and the scenario says to stop."""
-
-
-def validate(decision: object, known: dict[str, Any]) -> Decision:
-    """The decision if it is valid for these actions; otherwise a ValueError naming the fault."""
-    if not isinstance(decision, Decision):
-        raise ValueError(f"decide() must return a Decision, got {type(decision).__name__}: "
-                         f"{decision!r:.80}")
-    unknown = sorted(set(decision.placements) - set(known))
-    if unknown:
-        raise ValueError(f"decision names unknown action {unknown[0]!r} "
-                         f"(actions: {', '.join(known)})")
-    return decision
 
 
 def control(env: simpy.Environment, runtime: Runtime, policy: Policy, interval_s: float,
@@ -43,7 +31,7 @@ def control(env: simpy.Environment, runtime: Runtime, policy: Policy, interval_s
     while True:
         observation = observer.observe(interval_s)
         try:
-            decision = validate(policy.decide(observation), runtime.actions)
+            decision = check_decision(policy.decide(observation), runtime.actions)
         except Exception as exc:  # a user's policy can fail in any way: record, don't crash
             where = traceback.extract_tb(exc.__traceback__)[-1]
             message = f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"

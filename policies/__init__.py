@@ -19,6 +19,7 @@ from policies.contract import (
     PlacementError,
     Policy,
     Totals,
+    check_decision,
 )
 from policies.registry import (
     NoParams,
@@ -48,6 +49,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Totals",
+    "check_decision",
     "check_policy",
     "describe",
     "get",

@@ -15,7 +15,7 @@ has no sample (a latency mean over zero calls is NaN, not 0, so a policy cannot 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -238,6 +238,21 @@ class Decision:
     def keep(cls, reason: str = "") -> Decision:
         """Change nothing."""
         return cls({}, reason)
+
+
+def check_decision(decision: object, known: Iterable[str]) -> Decision:
+    """The decision if it is valid for these actions; else a PlacementError naming the fault.
+
+    Both worlds call this on whatever a policy returned, before applying any of it."""
+    if not isinstance(decision, Decision):
+        raise PlacementError(f"decide() must return a Decision, got {type(decision).__name__}: "
+                             f"{decision!r:.80}")
+    names = set(known)
+    unknown = sorted(set(decision.placements) - names)
+    if unknown:
+        raise PlacementError(f"decision names unknown action {unknown[0]!r} "
+                             f"(actions: {', '.join(sorted(names))})")
+    return decision
 
 
 @runtime_checkable

@@ -453,10 +453,10 @@ def test_a_stopped_run_reports_throughput_over_the_time_it_ran() -> None:
 
 
 @pytest.mark.parametrize(("returned", "message"), [
-    (None, "ValueError: decide() must return a Decision, got NoneType: None"),
-    ({"a": "remote"}, "ValueError: decide() must return a Decision, got dict: {'a': 'remote'}"),
+    (None, "PlacementError: decide() must return a Decision, got NoneType: None"),
+    ({"a": "remote"}, "PlacementError: decide() must return a Decision, got dict: {'a': 'remote'}"),
     (Decision({"zz": Placement.remote(1)}, "typo"),
-     "ValueError: decision names unknown action 'zz' (actions: a)"),
+     "PlacementError: decision names unknown action 'zz' (actions: a)"),
 ], ids=["none", "dict", "unknown-action"])
 def test_an_invalid_decision_is_recorded_and_the_placement_kept(returned: Any,
                                                                 message: str) -> None:
