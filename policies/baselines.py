@@ -9,9 +9,8 @@ from policies.contract import Decision, Observation, Placement
 from policies.registry import NoParams, PolicyError, param, register
 
 
-@register("none")
-class Hold:
-    """Changes nothing: the initial placement holds, unloaded actions load on first call."""
+class Stateless:
+    """Base of policies with no parameters and no state: `reset` has nothing to clear."""
 
     Params = NoParams
 
@@ -20,22 +19,19 @@ class Hold:
 
     def reset(self, seed: int) -> None:
         pass
+
+
+@register("none")
+class Hold(Stateless):
+    """Changes nothing: the initial placement holds, unloaded actions load on first call."""
 
     def decide(self, observation: Observation) -> Decision:
         return Decision.keep()
 
 
 @register("all_local")
-class AllLocal:
+class AllLocal(Stateless):
     """Every known action local, whether it fits in memory or not (JSORC's all-local baseline)."""
-
-    Params = NoParams
-
-    def __init__(self, params: NoParams | None = None) -> None:
-        self.params = params or NoParams()
-
-    def reset(self, seed: int) -> None:
-        pass
 
     def decide(self, observation: Observation) -> Decision:
         local = Placement.local()

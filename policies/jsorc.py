@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from itertools import product
 
+from policies.baselines import Stateless
 from policies.contract import Decision, Mode, Observation, Placement, Totals
-from policies.registry import NoParams, param, register
+from policies.registry import param, register
 
 Config = tuple[tuple[str, Mode], ...]
 """A placement of the actions in use: (action, local or remote), in the order first seen."""
@@ -306,18 +307,10 @@ class LatencyWindow:
 
 
 @register("default")
-class Default:
+class Default(Stateless):
     """JSORC's Default policy: changes nothing; an action loads on its first call, in its
     configured mode (`ActionsOptimizer.run`: "Default policy does not manage action
     automatically")."""
-
-    Params = NoParams
-
-    def __init__(self, params: NoParams | None = None) -> None:
-        self.params = params or NoParams()
-
-    def reset(self, seed: int) -> None:
-        pass
 
     def decide(self, observation: Observation) -> Decision:
         return Decision.keep("default: no automatic placement; actions load on first call")

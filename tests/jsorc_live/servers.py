@@ -108,3 +108,37 @@ def jsorc_server_cmd(module: str | Path, port: int, *extra: str) -> list[str]:
 def jaseci_server_cmd(module: str, port: int) -> list[str]:
     return [str(JASECI_VENV / "bin" / "uvicorn"), "--factory", f"{module}:serv_actions",
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+
+
+@contextlib.contextmanager
+def jsorc_serving(token: str, *extra: str, env: Mapping[str, str] | None = None,
+                  timeout_s: float = READY_TIMEOUT_S) -> Iterator[str]:
+    """`jsorc serve` on a free port with `token` until the block ends; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jsorc_live.cli", "serve", "--port", str(port), *extra],
+        env={**(os.environ if env is None else env), "JSORC_TOKEN": token}, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise AssertionError(f"jsorc serve exited: {err}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} not ready within {timeout_s:g} s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,16 +34,10 @@ from jsorc_live.runtime import (
     Step,
     Walker,
 )
+from tests.jsorc_live.servers import free_port, jsorc_serving
 
 TOKEN = "s3cret-token"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -72,21 +63,8 @@ def jsorc(url: str, *argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "JSORC_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "jsorc_live.cli", "serve", "--port", str(port)],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
+    with jsorc_serving(TOKEN) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_admin_commands_through_the_cli(served: str, capsys: pytest.CaptureFixture[str],

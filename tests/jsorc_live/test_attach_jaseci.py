@@ -4,8 +4,6 @@ NAME -mode remote --url URL`: a walker run through `jsorc serve` reaches Jaseci'
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +11,8 @@ import httpx
 import pytest
 
 from jsorc_live import cli
-from tests.jsorc_live.servers import JASECI_PYTHON, Server, free_port
-from tests.jsorc_live.test_api_cli import REPO, TOKEN, wait_ready
+from tests.jsorc_live.servers import JASECI_PYTHON, Server, jsorc_serving
+from tests.jsorc_live.test_api_cli import REPO, TOKEN
 from tests.jsorc_live.test_jaseci_interop import jaseci_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(not JASECI_PYTHON.exists(),
@@ -32,23 +30,9 @@ ACTION_CONFIGS = {"demo": ActionConfig(name="demo", module="sample_actions",
 @pytest.fixture()
 def serve_with_config(tmp_path: Path) -> Iterator[str]:
     (tmp_path / "demo_config.py").write_text(CONFIG)
-    port = free_port()
-    env = {**os.environ, "JSORC_TOKEN": TOKEN,
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    proc = subprocess.Popen([sys.executable, "-m", "jsorc_live.cli", "serve", "--port",
-                             str(port), "--config", "demo_config"], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    with jsorc_serving(TOKEN, "--config", "demo_config", env=env) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def admin(url: str, path: str, body: dict[str, object]) -> dict[str, object]:
