@@ -20,6 +20,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -494,15 +495,20 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
         client = RemoteActions(replica.url, timeout_s=60.0)
 
         def invoke(name: str, kwargs: dict[str, Any]) -> tuple[Any, CallTiming]:
+            sent = time.perf_counter()
             try:
-                result = client.call(name, kwargs)
+                result, service_ms = client.call_timed(name, kwargs)
             except ActionCallError as exc:
                 if getattr(exc, "status", None) is None:
                     raise TransportError(str(exc)) from exc
                 raise
-            # The protocol does not say how long the server worked: service and network
-            # are not separable, so both stay NaN and the row's latency holds the total.
-            return result, CallTiming(math.nan, math.nan)
+            # jsorc's servers say how long the action worked; the rest of the round trip is
+            # network (and HTTP). Jaseci's do not: then both stay NaN and the row's latency
+            # holds the total.
+            round_trip_ms = (time.perf_counter() - sent) * 1000.0
+            network_ms = max(0.0, round_trip_ms - service_ms) if service_ms == service_ms \
+                else math.nan
+            return result, CallTiming(service_ms, network_ms)
 
         return invoke
 

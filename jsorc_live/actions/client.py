@@ -17,13 +17,14 @@ Idle connections are dropped after 2 s, before the server's 5 s, to make that ra
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
-from jsorc_live.actions.registry import ActionArgumentError, ActionCallError
+from jsorc_live.actions.registry import SERVICE_HEADER, ActionArgumentError, ActionCallError
 
 __all__ = [
     "SPEC_PATH",
@@ -147,6 +148,24 @@ class RemoteActions(_Base):
         except httpx.HTTPError as e:
             raise self._failed(name, e, t) from e
         return self._result(name, response)
+
+    def call_timed(
+        self, name: str, kwargs: Mapping[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> tuple[Any, float]:
+        """Like `call`, with the server's own time for the action in ms (its
+        `X-Jsorc-Service-Ms` header; NaN from servers that do not send it, Jaseci's)."""
+        t = timeout_s or self.timeout_s
+        try:
+            response = self._send("POST", self._action_url(name), json=dict(kwargs or {}),
+                                  timeout=t)
+        except httpx.HTTPError as e:
+            raise self._failed(name, e, t) from e
+        result = self._result(name, response)
+        try:
+            service_ms = float(response.headers.get(SERVICE_HEADER, "nan"))
+        except ValueError:
+            service_ms = math.nan
+        return result, service_ms
 
     def ready(self, timeout_s: float = 1.0) -> bool:
         """Whether the spec answers 200 within ``timeout_s``."""

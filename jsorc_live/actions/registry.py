@@ -48,6 +48,10 @@ MARK_ATTR = "__jsorc_action__"
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
+# Response header of jsorc's action servers: the action's own time (ms). Not part of Jaseci's
+# protocol; Jaseci's servers do not send it and its clients ignore it.
+SERVICE_HEADER = "X-Jsorc-Service-Ms"
+
 class ActionCallError(Exception):
     """A call that did not produce a result.
 

@@ -54,7 +54,12 @@ from starlette.routing import Route
 
 from jsorc_live.actions.config import server_command
 from jsorc_live.actions.loader import ActionLoadError, AllowList, LocalModule
-from jsorc_live.actions.registry import ActionArgumentError, ActionCallError, ActionSpec
+from jsorc_live.actions.registry import (
+    SERVICE_HEADER,
+    ActionArgumentError,
+    ActionCallError,
+    ActionSpec,
+)
 from jsorc_live.metrics import HttpByteCounters, HttpBytes
 
 __all__ = ["SPEC_PATH", "main", "make_app", "server_command"]
@@ -146,7 +151,9 @@ def _action_endpoint(local: LocalModule, spec: ActionSpec, metrics: _Metrics) ->
         try:
             try:
                 params = _parse_body(await request.body(), local.url, key)
+                began = time.perf_counter()
                 result = await run_in_threadpool(local.call, spec.name, params)
+                service_ms = (time.perf_counter() - began) * 1000.0
                 body = _encode(result)
             except ActionArgumentError as e:
                 outcome = "invalid"
@@ -158,7 +165,10 @@ def _action_endpoint(local: LocalModule, spec: ActionSpec, metrics: _Metrics) ->
                 log.exception("%s: cannot encode the result", key)
                 return PlainTextResponse(f"{type(e).__name__}: {e}", status_code=500)
             outcome = "ok"
-            return Response(body, media_type="application/json")
+            # Not in Jaseci's protocol (its clients ignore it): how long the action itself
+            # worked, so jsorc can tell service time from network and queueing.
+            return Response(body, media_type="application/json",
+                            headers={SERVICE_HEADER: f"{service_ms:.3f}"})
         finally:
             in_flight.dec()
             latency.observe(time.perf_counter() - start)

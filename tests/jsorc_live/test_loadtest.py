@@ -68,3 +68,31 @@ def test_bad_input_exits_2_naming_it(loaded: str, tmp_path: Path,
     assert "nope.csv" in capsys.readouterr().err
     assert jsorc(loaded, "loadtest", "--app", "restaurant_chatbot", "--clients", "0") == 2
     assert "--clients must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_remote_calls_to_jsorc_servers_split_service_from_network(
+        served: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    assert jsorc(served, "actions", "config", "cl_summer", "jsorc_live.actions.config") == 0
+    assert jsorc(served, "actions", "load", "cl_summer", "-mode", "remote") == 0
+    deadline = __import__("time").monotonic() + 60
+    while True:  # remote loads answer at once: wait for READY (bounded)
+        capsys.readouterr()
+        assert jsorc(served, "actions", "status", "cl_summer", "--json") == 0
+        status = json.loads(capsys.readouterr().out)["action_status"]
+        if status["remote"]["status"] == "READY":
+            break
+        assert __import__("time").monotonic() < deadline, status
+        __import__("time").sleep(0.2)
+    if jsorc(served, "actions", "status", "bi_enc") != 0:
+        jsorc(served, "actions", "config", "bi_enc", "jsorc_live.actions.config")
+    out = tmp_path / "calls.parquet"
+    assert jsorc(served, "trackact", "start") == 0
+    for _ in range(5):
+        assert jsorc(served, "walker", "run", "discussion_analysis") == 0
+    assert jsorc(served, "trackact", "stop", "--out", str(out)) == 0
+    calls = pd.read_parquet(out)
+    remote = calls[(calls["action"] == "cl_summer") & (calls["placement"] == "remote")]
+    assert len(remote) == 5 and remote["ok"].all()
+    # The server's own time for the action, and the rest of the round trip as network.
+    assert (remote["service_ms"] > 0).all() and (remote["network_ms"] >= 0).all()
+    assert (remote["service_ms"] + remote["network_ms"] <= remote["latency_ms"] + 1e-6).all()
