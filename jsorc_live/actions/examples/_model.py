@@ -118,6 +118,16 @@ class TextModel:
     def head(self, name: str, x: FloatArray) -> FloatArray:
         return dense(x, self.heads[name])
 
+    def encode(self, head: str, texts: Sequence[str]) -> FloatArray:
+        """One unit vector per text, through output head ``head``."""
+        return unit_rows(self.head(head, self.embed(texts)))
+
+
+def unit_rows(x: FloatArray) -> FloatArray:
+    """Each row scaled to length 1 (a zero row stays zero), as float32."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norms == 0, 1, norms)).astype(np.float32)
+
 
 class ModelHolder:
     """An action module's model, built by ``setup()`` and on first use. Thread-safe."""

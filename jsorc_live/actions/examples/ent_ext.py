@@ -13,6 +13,7 @@ from jsorc_live.actions.examples._model import (
     TextModel,
     dense,
     tag_entities,
+    unit_rows,
 )
 from jsorc_live.actions.registry import jsorc_action
 
@@ -43,9 +44,7 @@ def entity_detection(text: str, ner_labels: list[str] | None = None) -> list[dic
     label_vecs = m.embed(labels)
 
     def scores(x: FloatArray) -> FloatArray:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        unit = (x / np.where(norms == 0, 1, norms)).astype(np.float32)
-        sims = dense(unit, label_vecs.T)
+        sims = dense(unit_rows(x), label_vecs.T)
         none = np.full((len(x), 1), _NO_ENTITY, dtype=np.float32)
         return np.concatenate([none, sims], axis=1) * _TEMPERATURE
 
