@@ -112,13 +112,17 @@ ConfigLoader = Callable[[str, str], ActionInfo]  # (config module, action) -> in
 
 
 def info_of(cfg: Any) -> ActionInfo:
-    """The runtime's view of an ActionConfig (jsorc_live.actions.config)."""
+    """The runtime's view of an ActionConfig (jsorc_live.actions.config).
+
+    A replica's cores are whole for the observations (the calls it serves at once): a
+    fractional Kubernetes CPU request still serves one call, so the count is rounded up."""
     default = str(getattr(cfg, "default_mode", "local"))
     return ActionInfo(name=cfg.name, module=cfg.module,
                       local_memory_mb=float(cfg.local_memory_mb),
                       remote_memory_mb=float(cfg.remote_memory_mb),
                       default_mode=Mode.REMOTE if default == "remote" else Mode.LOCAL,
-                      setup=dict(getattr(cfg, "setup", {}) or {}))
+                      setup=dict(getattr(cfg, "setup", {}) or {}),
+                      replica_cores=max(1, math.ceil(float(getattr(cfg, "remote_cores", 1)))))
 
 
 class JsorcService:
@@ -135,7 +139,7 @@ class JsorcService:
         self._closed = False
         self.policy_name = policy
         self.controller = self._controller(policies.make(policy, {}))
-        self.observer = LiveObserver(runtime)
+        self.observer = LiveObserver(runtime, backend)
         self.controller.start(self.observer.observe, lambda: self.settings.backoff_interval,
                               lambda: self.settings.automation)
 
@@ -472,10 +476,36 @@ def _str(d: Mapping[str, Any], key: str) -> str:
     return value
 
 
-__all__ = ["JsorcService", "Settings", "build_service", "make_app"]
+__all__ = ["JsorcService", "Settings", "build_service", "connect_remote", "make_app"]
 
 
 # --------------------------------------------------------------------------- wiring
+
+
+def connect_remote(replica: Replica, timeout_s: float = 60.0) -> Invoker:
+    """An invoker of the action server at `replica.url` (jsorc_live.actions.client): no
+    answer at all is a TransportError (retried elsewhere), an error answer is not."""
+    from jsorc_live.actions.client import ActionCallError, RemoteActions
+
+    client = RemoteActions(replica.url, timeout_s=timeout_s)
+
+    def invoke(name: str, kwargs: dict[str, Any]) -> tuple[Any, CallTiming]:
+        sent = time.perf_counter()
+        try:
+            result, service_ms = client.call_timed(name, kwargs)
+        except ActionCallError as exc:
+            if getattr(exc, "status", None) is None:
+                raise TransportError(str(exc)) from exc
+            raise
+        # jsorc's servers say how long the action worked; the rest of the round trip is
+        # network (and HTTP). Jaseci's do not: then both stay NaN and the row's latency
+        # holds the total.
+        round_trip_ms = (time.perf_counter() - sent) * 1000.0
+        network_ms = max(0.0, round_trip_ms - service_ms) if service_ms == service_ms \
+            else math.nan
+        return result, CallTiming(service_ms, network_ms)
+
+    return invoke
 
 
 def build_service(token: str, *, backend: str = "process", config: str | None = None,
@@ -488,29 +518,6 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
 
     if backend != "process":
         raise RuntimeRefusal(f"backend {backend!r} is not built yet; use process")
-
-    def connect(replica: Replica) -> Invoker:
-        from jsorc_live.actions.client import ActionCallError, RemoteActions
-
-        client = RemoteActions(replica.url, timeout_s=60.0)
-
-        def invoke(name: str, kwargs: dict[str, Any]) -> tuple[Any, CallTiming]:
-            sent = time.perf_counter()
-            try:
-                result, service_ms = client.call_timed(name, kwargs)
-            except ActionCallError as exc:
-                if getattr(exc, "status", None) is None:
-                    raise TransportError(str(exc)) from exc
-                raise
-            # jsorc's servers say how long the action worked; the rest of the round trip is
-            # network (and HTTP). Jaseci's do not: then both stay NaN and the row's latency
-            # holds the total.
-            round_trip_ms = (time.perf_counter() - sent) * 1000.0
-            network_ms = max(0.0, round_trip_ms - service_ms) if service_ms == service_ms \
-                else math.nan
-            return result, CallTiming(service_ms, network_ms)
-
-        return invoke
 
     # Config modules come from the operator (the default and `serve --config`), never from a
     # request; a configured action's module joins the loader's allow-list.
@@ -530,7 +537,7 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
 
     holder: dict[str, Runtime] = {}
     processes = ProcessBackend(on_dead=lambda r: holder["runtime"].replica_died(r))
-    runtime = Runtime(load_local=load_local, connect=connect, replicas=processes,
+    runtime = Runtime(load_local=load_local, connect=connect_remote, replicas=processes,
                       walkers=loadtest_walkers())
     holder["runtime"] = runtime
     service = JsorcService(runtime, processes, load_config=load_config, policy=policy)

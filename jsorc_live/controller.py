@@ -1,8 +1,10 @@
 """The live control loop: observe the runtime, let the policy decide, apply the decision.
 
 Three parts, each replaceable (the simulator has the same three):
-- `LiveObserver.observe` builds a `policies.Observation` from the runtime's call and request
-  logs over the window since its last look, the routers' state, and psutil for the node;
+- `LiveObserver.observe` is a thin adapter: it reports what is state rather than event (each
+  router's placement, what psutil measures of this process and of the replica processes) to
+  the runtime's observations, and reads their window. Every statistic comes from the one
+  builder both worlds use (`policies.observe`), fed by the runtime's events as they happen;
 - `Controller.step` hands one observation to the policy object and checks what it returns
   (pure apart from the decision log: it calls the policy and the injected `apply`);
 - `apply_to_runtime` applies a placement through the action's router.
@@ -15,146 +17,51 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import traceback
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
-import psutil
-
-from jsorc_live.runtime import CALL_COLUMNS, REQUEST_COLUMNS, Runtime
-from policies import (
-    ActionStats,
-    AppStats,
-    Decision,
-    LatencyStats,
-    NodeStats,
-    Observation,
-    Placement,
-    Policy,
-    Totals,
-    check_decision,
-)
+from jsorc_live.runtime import Replica, Runtime
+from jsorc_live.signals import ProcessMeter, machine_memory_mb
+from policies import Decision, Observation, Placement, Policy, check_decision
 
 log = logging.getLogger(__name__)
 
-_C = {name: i for i, name in enumerate(CALL_COLUMNS)}
-_R = {name: i for i, name in enumerate(REQUEST_COLUMNS)}
 
+class ReplicaLister(Protocol):
+    """What the observer needs of a backend: the replica processes it runs of an action."""
 
-def latency_stats(values: list[float]) -> LatencyStats:
-    """count, mean and percentiles in ms; NaN when there is no sample."""
-    if not values:
-        return LatencyStats()
-    arr = np.asarray(values, dtype=float)
-    p50, p95, p99 = np.percentile(arr, (50, 95, 99))
-    return LatencyStats(len(arr), float(arr.mean()), float(p50), float(p95), float(p99))
+    def replicas(self, action: str) -> list[Replica]: ...
 
 
 class LiveObserver:
-    """Turns the runtime's logs since the last look, and its routers, into an Observation."""
+    """The runtime's observations, with the state and the measurements of this moment.
 
-    def __init__(self, runtime: Runtime) -> None:
+    The node is this process: its resident memory (local modules included) out of the
+    machine's, and its CPU time. Each action's replica usage is summed over the processes
+    `backend` runs of it (none without a backend); a process that cannot be read is skipped.
+    """
+
+    def __init__(self, runtime: Runtime, backend: ReplicaLister | None = None) -> None:
         self.runtime = runtime
-        self._calls_cursor = runtime.calls.cursor
-        self._requests_cursor = runtime.requests.cursor
-        self._last = runtime.now()
-        # Running sums since the start: action -> [local sum, local n, remote sum, remote n,
-        # network sum, network n] for the service-time and network means.
-        self._sums: dict[str, list[float]] = {}
-        self._requests_total = 0
-        self._failures_total = 0
-        psutil.cpu_percent(None)  # primes the counter: the next reading covers the window
+        self.backend = backend
+        self._meter = ProcessMeter()
 
     def observe(self, interval_s: float) -> Observation:
         runtime = self.runtime
-        now = runtime.now()
-        elapsed = max(now - self._last, 0.0)
-        self._last = now
-        calls, self._calls_cursor = runtime.calls.since(self._calls_cursor)
-        requests, self._requests_cursor = runtime.requests.since(self._requests_cursor)
-        memory = psutil.virtual_memory()
-        node = NodeStats(
-            cores=psutil.cpu_count() or 1,
-            memory_total_mb=memory.total / 2**20,
-            memory_used_mb=(memory.total - memory.available) / 2**20,
-            cpu_utilisation=min(1.0, psutil.cpu_percent(None) / 100.0),
-        )
-        by_action: dict[str, list[tuple[Any, ...]]] = {}
-        for row in calls:
-            by_action.setdefault(row[_C["action"]], []).append(row)
-        actions = {name: self._action(name, by_action.get(name, []), elapsed)
-                   for name in sorted(runtime.routers)}
-        apps = self._apps(requests, calls)
-        ok_all = [r[_R["latency_ms"]] for r in requests if r[_R["ok"]]]
-        failed = len(requests) - len(ok_all)
-        self._requests_total += len(requests)
-        self._failures_total += failed
-        stats = latency_stats(ok_all)
-        totals = Totals(len(requests), failed, stats.mean_ms, stats.p95_ms,
-                        self._requests_total, self._failures_total)
-        return Observation(now, interval_s, node, actions, apps, totals)
-
-    def _apps(self, requests: list[tuple[Any, ...]],
-              calls: list[tuple[Any, ...]]) -> dict[str, AppStats]:
-        pairs: dict[tuple[str, str], int] = {}
-        for row in calls:
-            key = (row[_C["app"]], row[_C["action"]])
-            pairs[key] = pairs.get(key, 0) + 1
-        apps = {}
-        for name in sorted(self.runtime.walkers):
-            mine = [r for r in requests if r[_R["app"]] == name]
-            ok = [r[_R["latency_ms"]] for r in mine if r[_R["ok"]]]
-            stats = latency_stats(ok)
-            per_request = ({action: count / len(mine) for (app, action), count in pairs.items()
-                            if app == name} if mine else {})
-            apps[name] = AppStats(name, len(mine), len(mine) - len(ok), stats.mean_ms,
-                                  stats.p95_ms, per_request)
-        return apps
-
-    def _action(self, name: str, rows: list[tuple[Any, ...]], elapsed: float) -> ActionStats:
-        router = self.runtime.routers[name]
-        sums = self._sums.setdefault(name, [0.0] * 6)
-        ok = [r for r in rows if r[_C["ok"]]]
-        local = [r for r in ok if r[_C["placement"]] == "local"]
-        remote = [r for r in ok if r[_C["placement"]] == "remote"]
-        sums[0] += sum(r[_C["service_ms"]] for r in local)
-        sums[1] += len(local)
-        timed = [r for r in remote if not math.isnan(r[_C["service_ms"]])]
-        sums[2] += sum(r[_C["service_ms"]] for r in timed)
-        sums[3] += len(timed)
-        sums[4] += sum(r[_C["network_ms"]] for r in timed)
-        sums[5] += len(timed)
-        ready = router.replicas_ready
-        remote_busy_s = sum(r[_C["service_ms"]] for r in timed) / 1000.0
-        return ActionStats(
-            name=name,
-            placement=router.placement,
-            desired=router.desired,
-            replicas_ready=ready,
-            transition=router.transition,
-            calls=len(rows),
-            call_rate=len(rows) / elapsed if elapsed > 0 else 0.0,
-            failures=len(rows) - len(ok),
-            cold_starts=sum(1 for r in rows if r[_C["cold"]]),
-            latency=latency_stats([r[_C["latency_ms"]] for r in ok]),
-            latency_local=latency_stats([r[_C["latency_ms"]] for r in local]),
-            latency_remote=latency_stats([r[_C["latency_ms"]] for r in remote]),
-            in_flight=router.in_flight,
-            queued=router.waiting,
-            local_memory_mb=router.local_memory_mb,
-            replica_memory_mb=router.info.remote_memory_mb or router.local_memory_mb,
-            replica_cores=1,
-            remote_concurrency=(sum(r[_C["latency_ms"]] for r in remote) / 1000.0 / elapsed
-                                if elapsed > 0 else 0.0),
-            remote_utilisation=(min(1.0, remote_busy_s / (ready * elapsed))
-                                if elapsed > 0 and ready and timed else math.nan),
-            local_service_ms=sums[0] / sums[1] if sums[1] else math.nan,
-            remote_service_ms=sums[2] / sums[3] if sums[3] else math.nan,
-            network_ms=sums[4] / sums[5] if sums[5] else math.nan,
-        )
+        signals = runtime.observations
+        for name, router in sorted(runtime.routers.items()):
+            signals.state(name, *router.state())
+            if self.backend is not None:
+                pids = [r.pid for r in self.backend.replicas(name) if r.pid is not None]
+                usage = self._meter.replicas(name, pids)
+                if usage is not None:
+                    signals.replica_usage(name, *usage)
+        rss_mb, cpu_s = self._meter.own()
+        signals.memory(rss_mb, machine_memory_mb())
+        signals.cpu_time(cpu_s)
+        return signals.observe(interval_s)
 
 
 Apply = Callable[[str, Placement], bool]  # (action, placement) -> changed

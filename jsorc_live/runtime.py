@@ -8,6 +8,9 @@ answers, then the old one is drained (its in-flight calls finish) before it is u
 
 Every call is a row of the simulator's `calls` table and every walker run a row of its
 `requests` table, so the live log and the simulated one can be read with the same code.
+What the controller observes comes from events instead: the routers and walkers report
+each call, replica, local copy and request to the runtime's `observations`
+(`jsorc_live.signals.LiveSignals`), the one builder both worlds use.
 
 Threads, not asyncio: local calls are CPU work and the action client is synchronous, so the
 API runs walkers in its thread pool, and each router moves in a worker thread of its own.
@@ -29,7 +32,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from jsorc_live.signals import LiveSignals, machine_memory_mb, node_cores
 from policies import Mode, Placement
+from policies.observe import LOCAL, REMOTE
+from policies.observe import ActionInfo as Sizes
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +162,13 @@ class ActionInfo:
     remote_memory_mb: float = 0.0
     default_mode: Mode = Mode.LOCAL
     setup: Mapping[str, Any] = field(default_factory=dict)  # the module's setup() arguments
+    replica_cores: int = 1  # cores of one remote replica: the calls it serves at once
+
+    def __post_init__(self) -> None:
+        cores = self.replica_cores
+        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+            raise ValueError(f"action {self.name!r}: replica_cores must be an int >= 1, "
+                             f"got {cores!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +261,30 @@ def _same(a: Placement, b: Placement) -> bool:
     return a.mode is b.mode and a.replicas == b.replicas
 
 
+class _Attempt:
+    """One call's progress, for its events: its token, where it was dispatched (-1: not
+    yet), whether it waited for a first placement (cold)."""
+
+    __slots__ = ("cold", "token", "where")
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+        self.where = -1
+        self.cold = False
+
+
+def _for_memory(exc: BaseException) -> bool:
+    """A MemoryError anywhere in the chain (the loader wraps what setup() raised)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 # --------------------------------------------------------------------------- router
 
 
@@ -257,12 +294,18 @@ class Router:
     `set_placement` records the wish and returns at once; a worker thread makes it true
     (load the new placement, switch calls to it once it answers, drain the old one, unload
     it) and keeps going until the wish and the placement agree, so the last wish wins.
+
+    Every call, replica and local copy is reported to `signals` as it happens: a replica is
+    ready when it joins the target that serves calls, retiring when it leaves balancing
+    (scaled down, moved away, dead), gone once stopped (or let go, when attached).
     """
 
     def __init__(self, info: ActionInfo, *, load_local: Callable[[ActionInfo], LocalHandle],
                  replicas: ReplicaSource | None, connect: Callable[[Replica], Invoker],
-                 clock: Callable[[], float], ready_timeout_s: float = 60.0) -> None:
+                 clock: Callable[[], float], signals: LiveSignals,
+                 ready_timeout_s: float = 60.0) -> None:
         self.info = info
+        self._signals = signals
         self._load_local = load_local
         self._replicas = replicas
         self._connect = connect
@@ -276,9 +319,16 @@ class Router:
         self._worker: threading.Thread | None = None
         self._closed = False
         self.last_error = ""
-        self.waiting = 0  # calls waiting for a placement to be ready
         self.local_memory_mb = info.local_memory_mb
         self.events: list[dict[str, Any]] = []
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell the observations the action's sizes (again once a load measured them)."""
+        info = self.info
+        self._signals.add_action(self.name, Sizes(
+            self.local_memory_mb, info.remote_memory_mb or self.local_memory_mb,
+            info.replica_cores))
 
     # ----------------------------------------------------------------- state
 
@@ -313,6 +363,12 @@ class Router:
         with self._cond:
             return self._moving()
 
+    def state(self) -> tuple[Placement, Placement, bool]:
+        """(placement, desired, transition), read at one moment."""
+        with self._cond:
+            have = self._active.placement if self._active else Placement.unloaded()
+            return have, self._desired, self._moving()
+
     @property
     def local_loaded(self) -> bool:
         """A local copy is on the node (serving or draining): it takes memory."""
@@ -323,8 +379,13 @@ class Router:
         return ([self._active] if self._active else []) + self._draining
 
     def _moving(self) -> bool:
-        have = self._active.placement if self._active else Placement.unloaded()
-        return not _same(have, self._desired) or bool(self._draining)
+        """Not yet what was asked, or still draining: an old target, or replicas a scale-down
+        took out of balancing that are not stopped yet."""
+        active = self._active
+        have = active.placement if active else Placement.unloaded()
+        if not _same(have, self._desired) or self._draining:
+            return True
+        return isinstance(active, _RemoteTarget) and any(link.retiring for link in active.links)
 
     def status(self) -> dict[str, Any]:
         """JSORC's `action_status`: mode (what was asked: module, remote or unloaded), with
@@ -440,10 +501,20 @@ class Router:
                     self._cond.notify_all()
 
     def _build_local(self) -> _LocalTarget:
-        handle = self._load_local(self.info)
+        self._signals.local(self.name, "loading")
+        try:
+            handle = self._load_local(self.info)
+        except BaseException as exc:
+            self._signals.local(self.name, "none")
+            if _for_memory(exc):
+                # The node had no room for the copy: the live world's out-of-memory event
+                # (the load is refused, the runtime keeps serving).
+                self._signals.out_of_memory()
+            raise
         measured = float(getattr(handle, "memory_mb", 0.0) or 0.0)
         if measured > 0:
             self.local_memory_mb = measured
+            self._announce()
         return _LocalTarget(handle)
 
     def _move_remote(self, replicas: int) -> None:
@@ -483,6 +554,8 @@ class Router:
         if self._replicas is None:
             raise RuntimeRefusal("no backend to start replicas with; attach a url", 409)
         replica = self._replicas.start_replica(self.info)
+        # The backend names a replica only once it answers, so "starting" comes here.
+        self._signals.replica_starting(self.name, replica.url)
         link = _Link(replica, self._connect(replica))
         with self._cond:
             # Superseded while it started (closed, retired, or the wish is no longer remote).
@@ -490,6 +563,8 @@ class Router:
                       or self._desired.mode is not Mode.REMOTE)
             if not orphan:
                 target.links.append(link)
+                if target is self._active:
+                    self._signals.replica_ready(self.name, replica.url)
                 self._cond.notify_all()
         if orphan:
             self._stop_replica(replica)
@@ -502,9 +577,23 @@ class Router:
             if old is not None:
                 old.retiring = True
                 self._draining.append(old)
+                self._report(old, serving=False)
+            if new is not None:
+                self._report(new, serving=True)
             self._event("placement", str(new.placement if new else Placement.unloaded()))
             self._cond.notify_all()
             return old
+
+    def _report(self, target: _Target, *, serving: bool) -> None:
+        """`target` starts or stops taking calls (called holding the condition)."""
+        if isinstance(target, _LocalTarget):
+            self._signals.local(self.name, "ready" if serving else "draining")
+        elif isinstance(target, _RemoteTarget):
+            for link in target.ready:
+                if serving:
+                    self._signals.replica_ready(self.name, link.replica.url)
+                else:
+                    self._signals.replica_retiring(self.name, link.replica.url)
 
     def _drain_and_release(self, old: _Target | None) -> None:
         if old is None:
@@ -515,9 +604,10 @@ class Router:
         try:
             if isinstance(old, _LocalTarget):
                 old.handle.unload()
-            elif isinstance(old, _RemoteTarget) and not old.attached:
+                self._signals.local(self.name, "none")
+            elif isinstance(old, _RemoteTarget):
                 for link in old.links:
-                    self._stop_replica(link.replica)
+                    self._stop_replica(link.replica)  # an attached one is only let go
         finally:
             with self._cond:
                 if old in self._draining:
@@ -525,11 +615,13 @@ class Router:
                 self._cond.notify_all()
 
     def _stop_replica(self, replica: Replica) -> None:
+        """Stop a replica of ours (an attached one, pid None, is not ours to stop)."""
         if self._replicas is not None and replica.pid is not None:
             try:
                 self._replicas.stop_replica(replica)
             except Exception:  # stopping is best effort; the backend's shutdown sweeps
                 log.exception("stopping %s", replica)
+        self._signals.replica_gone(self.name, replica.url)
 
     def _scale(self, target: _RemoteTarget, replicas: int) -> None:
         """Grow or shrink a serving remote target; removed replicas drain first."""
@@ -538,13 +630,16 @@ class Router:
             surplus = ready[replicas:]
             for link in surplus:
                 link.retiring = True
+                self._signals.replica_retiring(self.name, link.replica.url)
             grow = replicas - len(ready)
         for link in surplus:
             with self._cond:
                 while link.in_flight > 0:
                     self._cond.wait(0.5)
-                target.links.remove(link)
             self._stop_replica(link.replica)
+            with self._cond:  # settled only once it is stopped (see _moving)
+                target.links.remove(link)
+                self._cond.notify_all()
         if grow > 0:
             with ThreadPoolExecutor(max_workers=grow) as pool:
                 futures = [pool.submit(self._start_link, target) for _ in range(grow)]
@@ -565,6 +660,7 @@ class Router:
             if found is None:
                 return
             target, link = found
+            self._signals.replica_retiring(self.name, replica.url)
             self._event("replica_died", replica.url)
             target.links.remove(link)
             if target is self._active and not target.attached and not target.retiring:
@@ -581,20 +677,33 @@ class Router:
 
     # ----------------------------------------------------------------- calls
 
-    def call(self, function: str, kwargs: dict[str, Any], timeout_s: float = 120.0
-             ) -> tuple[Any, dict[str, Any]]:
+    def call(self, function: str, kwargs: dict[str, Any], timeout_s: float = 120.0,
+             app: str = "") -> tuple[Any, dict[str, Any]]:
         """Run one call where the action is placed now: (result, call-row fields).
 
         Raises CallFailed when the action raised or nothing answered within `timeout_s`.
-        A call to an unloaded action loads it in its default mode and waits (cold).
+        A call to an unloaded action loads it in its default mode and waits (cold). `app`
+        is the walker calling (for the observations' calls per request).
         """
         start = time.perf_counter()
-        deadline = time.monotonic() + timeout_s
-        cold = False
+        attempt = _Attempt(self._signals.issued(self.name))
+        try:
+            result, row = self._run(function, kwargs, start, time.monotonic() + timeout_s,
+                                    attempt)
+        except BaseException:
+            latency = (time.perf_counter() - start) * 1000.0
+            self._signals.finished(self.name, attempt.token, False, latency, math.nan,
+                                   math.nan, attempt.cold, app)
+            raise
+        self._signals.finished(self.name, attempt.token, True, row["latency_ms"],
+                               row["service_ms"], row["network_ms"], row["cold"], app)
+        return result, row
+
+    def _run(self, function: str, kwargs: dict[str, Any], start: float, deadline: float,
+             attempt: _Attempt) -> tuple[Any, dict[str, Any]]:
         tries = 0
         while True:
-            target, link, was_cold = self._acquire(deadline)
-            cold = cold or was_cold
+            target, link = self._acquire(deadline, attempt)
             began = time.perf_counter()
             try:
                 if isinstance(target, _LocalTarget):
@@ -627,7 +736,8 @@ class Router:
             network = timing.network_ms if remote else 0.0
             return result, {"placement": "remote" if remote else "local", "replica": replica,
                             "wait_ms": wait_ms, "service_ms": timing.service_ms,
-                            "network_ms": network, "latency_ms": latency, "cold": cold}
+                            "network_ms": network, "latency_ms": latency,
+                            "cold": attempt.cold}
 
     def _link_gone(self, link: _Link) -> bool:
         """A replica of ours that did not answer and that the backend finds unhealthy.
@@ -636,8 +746,9 @@ class Router:
             return False
         return not self._replicas.healthy(link.replica)
 
-    def _acquire(self, deadline: float) -> tuple[_Target, _Link | None, bool]:
-        cold = False
+    def _acquire(self, deadline: float, attempt: _Attempt) -> tuple[_Target, _Link | None]:
+        """A target for the call (and its replica when remote), counted in flight and
+        reported as the call's placement; waits while none is ready."""
         with self._cond:
             if self._closed:
                 raise CallFailed(f"action {self.name!r} is shut down")
@@ -646,11 +757,18 @@ class Router:
                 link = target.next_link() if isinstance(target, _RemoteTarget) else None
                 if target is not None and (link is not None or isinstance(target, _LocalTarget)):
                     target.in_flight += 1
+                    where = LOCAL if link is None else REMOTE
                     if link is not None:
                         link.in_flight += 1
-                    return target, link, cold
+                    # Under the condition, so no replica event can come between the pick
+                    # and the report (a replica is never gone before its calls started).
+                    self._signals.placed(self.name, attempt.token, where,
+                                         None if link is None else link.replica.url,
+                                         where != attempt.where)
+                    attempt.where = where
+                    return target, link
                 if target is None and self._desired.mode is Mode.UNLOADED:
-                    cold = True
+                    attempt.cold = True
                     self._desired = (Placement.remote(1) if self.info.default_mode
                                      is Mode.REMOTE else Placement.local())
                     self._event("cold_start", str(self._desired))
@@ -659,15 +777,11 @@ class Router:
                     raise CallFailed(f"action {self.name!r} is not loaded")
                 if self.last_error and target is None:
                     raise CallFailed(self.last_error)
-                cold = cold or target is None
+                attempt.cold = attempt.cold or target is None
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CallFailed(f"no placement of {self.name!r} answered in time")
-                self.waiting += 1
-                try:
-                    self._cond.wait(min(left, 0.2))
-                finally:
-                    self.waiting -= 1
+                self._cond.wait(min(left, 0.2))
 
     def _release(self, target: _Target, link: _Link | None) -> None:
         with self._cond:
@@ -750,7 +864,13 @@ class WalkerResult:
 
 
 class Runtime:
-    """Walkers, per-action routers, the call and request logs, benchmark and tracking."""
+    """Walkers, per-action routers, the call and request logs, benchmark and tracking.
+
+    `observations` receives every event of the runtime (its routers' calls, replicas and
+    local copies, its walkers' requests) for the controller's observer; the node it
+    describes is this process on this machine (the cores it may use, the machine's memory;
+    no live setting sizes the node).
+    """
 
     def __init__(self, *, load_local: Callable[[ActionInfo], LocalHandle],
                  connect: Callable[[Replica], Invoker], replicas: ReplicaSource | None = None,
@@ -773,6 +893,10 @@ class Runtime:
                                            "cursor": 0}
         self._track: dict[str, Any] = {"active": False, "cursor": 0}
         self._counts: dict[tuple[str, str, bool], int] = {}
+        self.observations = LiveSignals(self.now, cores=node_cores(),
+                                        memory_total_mb=machine_memory_mb(),
+                                        apps=sorted(self.walkers))
+        self.observations.runtime(True)
 
     def now(self) -> float:
         """Seconds since the runtime started (the `ts` of every row)."""
@@ -790,7 +914,8 @@ class Runtime:
                                      "configuring it again", 409)
             self.routers[info.name] = Router(
                 info, load_local=self._load_local, replicas=self._replica_source,
-                connect=self._connect, clock=self.now, ready_timeout_s=self._ready_timeout_s)
+                connect=self._connect, clock=self.now, signals=self.observations,
+                ready_timeout_s=self._ready_timeout_s)
 
     def router(self, name: str) -> Router:
         router = self.routers.get(name)
@@ -802,6 +927,7 @@ class Runtime:
 
     def add_walker(self, walker: Walker) -> None:
         self.walkers[walker.name] = walker
+        self.observations.add_app(walker.name)
 
     def replica_died(self, replica: Replica) -> None:
         router = self.routers.get(replica.action)
@@ -831,12 +957,14 @@ class Runtime:
         error = ""
         with self._lock:
             self._in_system += 1
+        self.observations.request_arrived(name)
+        completed = False  # no exception escaped (an error of a call is not one)
         try:
             for step in walker.steps:
                 call_ts = self.now()
                 try:
                     result, row = self.routers[step.action].call(
-                        step.function, step.kwargs(ctx), self.call_timeout_s)
+                        step.function, step.kwargs(ctx), self.call_timeout_s, name)
                 except CallFailed as exc:
                     error = str(exc)
                     self._log_call((call_ts, rid, name, step.action, "", -1, math.nan,
@@ -846,11 +974,13 @@ class Runtime:
                                 row["replica"], row["wait_ms"], row["service_ms"],
                                 row["network_ms"], row["latency_ms"], True, row["cold"], ""))
                 report.append(result)
+            completed = True
         finally:
             with self._lock:
                 self._in_system -= 1
-        latency = (time.perf_counter() - start) * 1000.0
-        ok = not error
+            latency = (time.perf_counter() - start) * 1000.0
+            ok = completed and not error
+            self.observations.request_finished(name, latency, ok)
         self.requests.append((ts, rid, name, latency, ok, error))
         return WalkerResult(rid, name, report, latency, ok, error)
 
@@ -917,6 +1047,7 @@ class Runtime:
     # ----------------------------------------------------------------- shutdown
 
     def close(self) -> None:
+        self.observations.runtime(False)
         for router in list(self.routers.values()):
             try:
                 router.close()

@@ -42,14 +42,13 @@ class LocalState(Enum):
 class ActionRuntime:
     """The placement state and call path of one action."""
 
-    def __init__(self, runtime: Runtime, spec: ActionSpec, code: int, service: Sampler,
-                 load_time: Sampler, start_time: Sampler, network_ms: float) -> None:
+    def __init__(self, runtime: Runtime, spec: ActionSpec, code: int, load_time: Sampler,
+                 start_time: Sampler, network_ms: float) -> None:
         self.runtime = runtime
         self.env = runtime.env
         self.spec = spec
         self.name = spec.name
         self.code = code
-        self.service = service
         self.load_time = load_time
         self.network_ms = network_ms
         self.per_size_ms = spec.per_size_ms
@@ -61,11 +60,13 @@ class ActionRuntime:
         self.cold_starts = 0
         self._ready: simpy.Event | None = None  # calls waiting for a first placement
         self._load_token: object | None = None  # identifies the load under way, if any
+        self.signals = runtime.observations.action(spec.name)
+        self.app_names = runtime.recorder.apps
         self.pool = RemotePool(
             self.env, cores=spec.remote_cores, memory_mb=spec.replica_memory_mb,
             start_time=start_time, per_replica=spec.remote_queue == "per_replica",
             memory=runtime.replica_memory, replica_cores=runtime.replica_cores,
-            on_ready=self._reconcile,
+            on_ready=self._reconcile, signals=self.signals,
         )
 
     # ------------------------------------------------------------------ placement
@@ -101,11 +102,11 @@ class ActionRuntime:
         pool = self.pool
         if want is Mode.LOCAL:
             if self.local is LocalState.NONE:
-                self.local = LocalState.LOADING
+                self._set_local(LocalState.LOADING)
                 self._load_token = token = object()
                 self.env.process(self._load(token))
             elif self.local is LocalState.DRAINING:
-                self.local = LocalState.READY  # still in memory: use it again
+                self._set_local(LocalState.READY)  # still in memory: use it again
             if self.local is LocalState.READY:
                 self._route_to(Mode.LOCAL)
                 pool.scale_to(0)
@@ -136,10 +137,14 @@ class ActionRuntime:
 
     def _drain_local(self) -> None:
         if self.local is LocalState.READY:
-            self.local = LocalState.DRAINING
+            self._set_local(LocalState.DRAINING)
         if self.local is LocalState.DRAINING and self.local_in_flight == 0:
-            self.local = LocalState.NONE
+            self._set_local(LocalState.NONE)
             self.runtime.memory.add(-self.spec.local_memory_mb)
+
+    def _set_local(self, state: LocalState) -> None:
+        self.local = state
+        self.signals.local(self.env.now, state.value)
 
     def _load(self, token: object) -> Generator[simpy.Event, Any, None]:
         runtime = self.runtime
@@ -150,7 +155,7 @@ class ActionRuntime:
         if self.desired.mode is not Mode.LOCAL:
             # Moved away before the load began (during a restart): cancel, take no memory.
             self._load_token = None
-            self.local = LocalState.NONE
+            self._set_local(LocalState.NONE)
             return
         if not runtime.allocate(self.spec.local_memory_mb, self.name):
             return  # out of memory: the runtime restarted and dropped every local copy
@@ -159,12 +164,12 @@ class ActionRuntime:
         if self._load_token is not token or runtime.epoch != epoch:
             return
         self._load_token = None
-        self.local = LocalState.READY
+        self._set_local(LocalState.READY)
         self._reconcile()
 
     def drop_local(self) -> None:
         """Out of memory: the local copy is gone (its memory was released with the runtime)."""
-        self.local = LocalState.NONE
+        self._set_local(LocalState.NONE)
         self.local_in_flight = 0
         self._load_token = None
         if self.route is Mode.LOCAL:
@@ -177,21 +182,30 @@ class ActionRuntime:
 
     # ------------------------------------------------------------------ calls
 
-    def call(self, rid: int, app: int, size: float) -> Generator[simpy.Event, Any, None]:
-        """One call from a walker: wait for a placement if there is none, then run it."""
+    def call(self, rid: int, app: int, size: float,
+             service_ms: float) -> Generator[simpy.Event, Any, None]:
+        """One call from a walker: wait for a placement if there is none, then run it.
+
+        `service_ms` is the call's base service-time draw, made when its request arrived (so
+        it does not depend on the policy); `size` and a local run's slowdown are added here."""
         issued = self.env.now
+        token = self.signals.issued(issued)
         cold = 0
         if self.route is Mode.UNLOADED:
             cold = 1
             self.cold_starts += 1
-            yield from self._wait_for_placement()
-        service_ms = self.service()
+            try:
+                yield from self._wait_for_placement()
+            except simpy.Interrupt as stop:
+                self._record_failure(rid, app, issued, int(self.spec.default_mode == "remote"),
+                                     stop, token)
+                raise
         if size:
             service_ms += size * self.per_size_ms
         if self.route is Mode.LOCAL:
-            yield from self._call_local(rid, app, issued, service_ms, cold)
+            yield from self._call_local(rid, app, issued, service_ms, cold, token)
         else:
-            yield from self._call_remote(rid, app, issued, service_ms, cold)
+            yield from self._call_remote(rid, app, issued, service_ms, cold, token)
 
     def _wait_for_placement(self) -> Generator[simpy.Event, Any, None]:
         while self.route is Mode.UNLOADED:
@@ -205,33 +219,40 @@ class ActionRuntime:
             yield self._ready
 
     def _call_local(self, rid: int, app: int, issued: float, service_ms: float,
-                    cold: int) -> Generator[simpy.Event, Any, None]:
+                    cold: int, token: int) -> Generator[simpy.Event, Any, None]:
         env = self.env
         runtime = self.runtime
+        signals = self.signals
         service_ms *= self.slowdown
         self.local_in_flight += 1
+        signals.dispatched(token, env.now, LOCAL)
         try:
             with runtime.cores.request() as req:
                 yield req
                 start = env.now
+                signals.started(token, start)
                 yield env.timeout(service_ms / 1000.0)
         except simpy.Interrupt as stop:
-            self._record_failure(rid, app, issued, LOCAL, stop)
+            self._record_failure(rid, app, issued, LOCAL, stop, token)
             raise
-        runtime.core_busy_s += service_ms / 1000.0
         now = env.now
+        latency = (now - issued) * 1000.0
+        signals.finished(token, now, True, latency, service_ms, 0.0, bool(cold),
+                         self.app_names[app])
         runtime.recorder.calls.append(
             (issued, rid, app, self.code, LOCAL, -1, (start - issued) * 1000.0, service_ms, 0.0,
-             (now - issued) * 1000.0, 1, cold, 0))
+             latency, 1, cold, 0))
         self.local_in_flight -= 1
         if self.local is LocalState.DRAINING and self.local_in_flight == 0:
             self._drain_local()
 
     def _call_remote(self, rid: int, app: int, issued: float, service_ms: float,
-                     cold: int) -> Generator[simpy.Event, Any, None]:
+                     cold: int, token: int) -> Generator[simpy.Event, Any, None]:
         env = self.env
         pool = self.pool
+        signals = self.signals
         network_ms = self.network_ms
+        signals.dispatched(token, env.now, REMOTE)
         req: Request | None = None  # per_replica mode: the replica's queue slot
         sent = env.now  # after any cold-start wait, which counts as waiting, not network
         moved_local = False
@@ -249,7 +270,7 @@ class ActionRuntime:
                 if pool.per_replica:
                     replica = pool.pick()
                     assert replica is not None and replica.queue is not None
-                    token = replica.id
+                    replica_id = replica.id
                     req = replica.queue.request()
                     try:
                         yield req
@@ -261,35 +282,42 @@ class ActionRuntime:
                 else:
                     get = pool.slots.get()
                     try:
-                        token = yield get
+                        replica_id = yield get
                     except simpy.Interrupt:
                         if get.triggered:
                             pool.give_back(typing.cast(int, get.value))
                         else:
                             get.cancel()
                         raise
-                pool.acquired(token)
+                pool.acquired(replica_id)
                 start = env.now
+                signals.started(token, start, replica_id)
                 try:
                     yield env.timeout(service_ms / 1000.0)
                 except simpy.Interrupt:
                     # The walker is gone but the replica finishes the call it was given.
+                    # (Its observed busy time ends with the walker's call: out-of-memory
+                    # only, where the replica's last seconds matter to no policy.)
                     ends = env.timeout(start + service_ms / 1000.0 - env.now)
-                    ends.callbacks.append(lambda _e: self._release(token, req))
+                    ends.callbacks.append(lambda _e: self._release(replica_id, req))
                     raise
         except simpy.Interrupt as stop:
-            self._record_failure(rid, app, issued, REMOTE, stop)
+            self._record_failure(rid, app, issued, REMOTE, stop, token)
             raise
         if moved_local:
-            yield from self._call_local(rid, app, issued, service_ms, cold)
+            yield from self._call_local(rid, app, issued, service_ms, cold, token)
             return
-        self._release(token, req)
+        self._release(replica_id, req)
         now = env.now
+        latency = (now - issued) * 1000.0
+        wire = (queued - sent) * 1000.0
+        signals.finished(token, now, True, latency, service_ms, wire, bool(cold),
+                         self.app_names[app])
         # Waiting is the cold start (if any) plus the queue; network is the wire alone.
         self.runtime.recorder.calls.append(
-            (issued, rid, app, self.code, REMOTE, token,
-             ((sent - issued) + (start - queued)) * 1000.0, service_ms, (queued - sent) * 1000.0,
-             (now - issued) * 1000.0, 1, cold, 0))
+            (issued, rid, app, self.code, REMOTE, replica_id,
+             ((sent - issued) + (start - queued)) * 1000.0, service_ms, wire,
+             latency, 1, cold, 0))
 
     def _release(self, token: int, req: Request | None) -> None:
         if req is not None:
@@ -297,8 +325,9 @@ class ActionRuntime:
         self.pool.release(token)
 
     def _record_failure(self, rid: int, app: int, issued: float, where: int,
-                        stop: simpy.Interrupt) -> None:
+                        stop: simpy.Interrupt, token: int) -> None:
         now = self.env.now
+        self.signals.finished(token, now, False, (now - issued) * 1000.0, app=self.app_names[app])
         error = int(stop.cause) if isinstance(stop.cause, Failure) else int(Failure.OUT_OF_MEMORY)
         self.runtime.recorder.calls.append(
             (issued, rid, app, self.code, where, -1, 0.0, 0.0, 0.0, (now - issued) * 1000.0,

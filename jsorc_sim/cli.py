@@ -1,7 +1,7 @@
 """`jsorc-sim`: simulate a scenario, run experiments, tune policies, list policies.
 
     jsorc-sim run SCENARIO.toml [--app NAME] [--policy NAME|module:Class] [--param k=v]...
-                  [--duration S] [--seed N] [--out DIR] [--json]
+                  [--set dotted.path=value]... [--duration S] [--seed N] [--out DIR] [--json]
     jsorc-sim policies [--json]
     jsorc-sim experiment FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
     jsorc-sim tune FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
@@ -21,12 +21,13 @@ from typing import Any
 
 from jsorc_sim import experiment, tune
 from jsorc_sim.experiment import ExperimentError
-from jsorc_sim.scenario import ScenarioError
+from jsorc_sim.scenario import ScenarioError, parse_value
 from jsorc_sim.simulate import simulate
 from jsorc_traces import TraceError
 from policies import PlacementError, PolicyError, describe, names, resolve
 
 EXIT_BAD_INPUT = 2
+UNFINISHED_WARNING = 0.01  # warn when more than this share of arrivals is unfinished
 
 
 class BadInput(Exception):
@@ -61,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", help="policy name or module:Class (default: the scenario's)")
     run.add_argument("--param", action="append", default=[], metavar="K=V",
                      help="policy parameter, repeatable")
+    run.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                     dest="overrides",
+                     help="override a scenario field, as an experiment file's set does "
+                     "(workload.clients=8, node.memory_mb=6144); the value is read as TOML "
+                     "(8 a number, \"x\" or x a string, true a bool); repeatable")
     run.add_argument("--duration", type=float, help="simulated seconds (default: scenario's)")
     run.add_argument("--seed", type=int, help="random seed (default: scenario's, else 0)")
     run.add_argument("--out", help="write tables (Parquet), report.json and scenario.toml here")
@@ -87,8 +93,21 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set` pairs as {dotted path: value}, each value read as TOML (see parse_value)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        path, eq, value = pair.partition("=")
+        path = path.strip()
+        if not eq or not path or any(not part for part in path.split(".")):
+            raise BadInput(f"--set must look like dotted.path=value, got {pair!r}")
+        overrides[path] = parse_value(value.strip())
+    return overrides
+
+
 def _run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
+    overrides = parse_overrides(args.overrides)
     if params and not args.policy:
         raise BadInput("--param needs --policy (the scenario's own parameters are in its file)")
     if args.seed is not None and args.seed < 0:
@@ -96,9 +115,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
         raise BadInput(f"--duration must be a positive number of seconds, got {args.duration}")
     result = simulate(args.scenario, args.policy, params=params, seed=args.seed,
-                      duration_s=args.duration, app=args.app,
+                      duration_s=args.duration, app=args.app, overrides=overrides,
                       progress=not args.no_progress and sys.stderr.isatty())
     report = result.report()
+    warning = unfinished_warning(report)
+    if warning:
+        print(f"jsorc-sim: warning: {warning}", file=sys.stderr)
     if args.out:
         result.save(args.out)
     if args.json:
@@ -132,7 +154,27 @@ def format_report(scenario: str, policy: str, report: dict[str, Any], status: st
     cost = report["cost"]
     lines.append("")
     lines.append("cost: " + ", ".join(f"{k} {v}" for k, v in cost.items()))
+    unfinished = report["unfinished"]
+    bound = unfinished["all_arrivals_lower_bound"]["all"]
+    lines.append(f"unfinished: {unfinished['count']['all']} of {cost['arrivals']} arrivals; "
+                 f"latency of all {bound['arrivals']} arrivals after warm-up, unfinished ones "
+                 "at their age (a lower bound): " + ", ".join(
+                     f"{label} {_fmt(bound[key])} ms" for label, key in (
+                         ("mean", "average_latency"), ("p50", "50th_latency"),
+                         ("p95", "95th_latency"), ("p99", "99th_latency"))))
     return "\n".join(lines)
+
+
+def unfinished_warning(report: dict[str, Any]) -> str:
+    """A warning when more than 1 % of arrivals were unfinished at the end, else ""."""
+    arrivals = report["cost"]["arrivals"]
+    count = report["unfinished"]["count"]["all"]
+    if not arrivals or count <= UNFINISHED_WARNING * arrivals:
+        return ""
+    mean = report["unfinished"]["all_arrivals_lower_bound"]["all"]["average_latency"]
+    return (f"{count} of {arrivals} arrivals ({100.0 * count / arrivals:.1f} %) were "
+            "unfinished when the run ended and walker_run's latencies leave them out; "
+            f"counting each at its age, the mean latency is at least {_fmt(mean)} ms")
 
 
 def _fmt(value: float | None) -> str:

@@ -54,23 +54,29 @@ def control(env: simpy.Environment, runtime: Runtime, policy: Policy, interval_s
 
 def sample_timeline(env: simpy.Environment, runtime: Runtime,
                     every_s: float) -> Generator[simpy.Event, Any, None]:
-    """Every `every_s`: node memory and utilisation, and per action placement and queues."""
-    busy_seen, last = 0.0, env.now
+    """Every `every_s`: node memory and utilisation, and per action placement and queues.
+
+    Utilisation and concurrency are time averages over the sample's interval, read from
+    the same event integrals the policy's observation uses (`policies.observe`)."""
+    builder = runtime.observations
     cores = runtime.scenario.node.cores
+    last = builder.integrals(env.now)
     while True:
-        elapsed = env.now - last
-        busy = runtime.core_busy_s - busy_seen
-        busy_seen, last = runtime.core_busy_s, env.now
+        now = builder.integrals(env.now)
+        elapsed = now.t - last.t
         node = {
             "ts": env.now,
             "memory_used_mb": runtime.memory_used_mb,
-            "cpu_utilisation": busy / (cores * elapsed) if elapsed > 0 else 0.0,
+            "cpu_utilisation": (now.node_busy - last.node_busy) / (cores * elapsed)
+            if elapsed > 0 else 0.0,
             "cores_queue": len(runtime.cores.queue),
             "requests_in_system": len(runtime.active) + runtime.at_door,
             "runtime_up": runtime.up,
             "replica_memory_mb": runtime.replica_memory.level,
         }
         for name, action in runtime.actions.items():
+            signals = builder.action(name)
+            before, after = last.actions[name], now.actions[name]
             runtime.recorder.timeline.append({
                 **node,
                 "action": name,
@@ -78,8 +84,11 @@ def sample_timeline(env: simpy.Environment, runtime: Runtime,
                 "desired": str(action.desired),
                 "replicas": len(action.pool.replicas),
                 "replicas_ready": action.pool.ready,
-                "in_flight": action.in_flight,
-                "queued": action.pool.queued,
+                "in_flight": signals.in_flight,
+                "queued": signals.queued,
                 "local": action.local.value,
+                "local_concurrency": (after[0] - before[0]) / elapsed if elapsed > 0 else 0.0,
+                "remote_concurrency": (after[1] - before[1]) / elapsed if elapsed > 0 else 0.0,
             })
+        last = now
         yield env.timeout(every_s)

@@ -2,8 +2,10 @@
 
 Drawing one number from numpy costs about a microsecond, so samplers draw in batches and
 hand out plain Python floats: the simulator's hot path then pays a list index, not a call
-into numpy. Batches do not change the sequence a stream yields, so results stay identical
-whatever the batch size.
+into numpy. Batches start small and double up to `BATCH`: a run has one sampler per action
+for each source of requests (every closed-loop client), most of which draw only a few
+numbers, and a full batch each would cost time and, with many clients, memory. The batch
+schedule is fixed, so a stream yields the same sequence in every run.
 """
 
 from __future__ import annotations
@@ -17,24 +19,28 @@ import numpy as np
 from jsorc_sim.scenario import Dist, ScenarioError
 
 BATCH = 4096
+FIRST_BATCH = 16
 
 
 class Sampler:
-    """Yields one sample per call from `draw(n)`, refilled in batches."""
+    """Yields one sample per call from `draw(n)`, refilled in batches of 16, 32, ... 4096."""
 
-    __slots__ = ("_buf", "_draw", "_i", "mean")
+    __slots__ = ("_buf", "_draw", "_i", "_n", "mean")
 
     def __init__(self, draw: Callable[[int], np.ndarray], mean: float) -> None:
         self._draw = draw
         self._buf: list[float] = []
         self._i = 0
+        self._n = FIRST_BATCH
         self.mean = mean
 
     def __call__(self) -> float:
         i = self._i
         buf = self._buf
         if i >= len(buf):
-            buf = self._buf = self._draw(BATCH).tolist()
+            n = self._n
+            buf = self._buf = self._draw(n).tolist()
+            self._n = min(2 * n, BATCH)
             i = 0
         self._i = i + 1
         return buf[i]
@@ -50,21 +56,24 @@ def lognormal_params(mean: float, cv: float) -> tuple[float, float]:
     return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
 
 
-def service_sampler(dist: Dist, rng: np.random.Generator, base_dir: Path) -> Sampler:
-    """A sampler of service times in ms for one action's distribution."""
+ServiceMaker = Callable[[np.random.Generator], Sampler]
+
+
+def service_maker(dist: Dist, base_dir: Path) -> ServiceMaker:
+    """Makes samplers of service times in ms for one action's distribution, one per random
+    stream (each source of requests has its own); an empirical file is read once, here."""
     mean = dist.mean_ms
-    if dist.dist == "const":
-        return constant(mean)
+    if dist.dist == "const" or (dist.dist == "lognormal" and dist.cv == 0):
+        return lambda _rng: constant(mean)
     if dist.dist == "exp":
-        return Sampler(lambda n: rng.exponential(mean, n), mean)
+        return lambda rng: Sampler(lambda n: rng.exponential(mean, n), mean)
     if dist.dist == "lognormal":
-        if dist.cv == 0:
-            return constant(mean)
         mu, sigma = lognormal_params(mean, dist.cv)
-        return Sampler(lambda n: rng.lognormal(mu, sigma, n), mean)
+        return lambda rng: Sampler(lambda n: rng.lognormal(mu, sigma, n), mean)
     if dist.dist == "empirical":
         samples = read_samples(base_dir / dist.file, dist.column)
-        return Sampler(lambda n: rng.choice(samples, n), float(samples.mean()))
+        sample_mean = float(samples.mean())
+        return lambda rng: Sampler(lambda n: rng.choice(samples, n), sample_mean)
     raise ValueError(f"unknown distribution {dist.dist!r}")
 
 

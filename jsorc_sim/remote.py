@@ -21,6 +21,7 @@ import simpy
 
 from jsorc_sim.distributions import Sampler
 from jsorc_sim.meter import Meter
+from policies.observe import ActionSignals
 
 
 class ReplicaState(Enum):
@@ -54,6 +55,7 @@ class RemotePool:
         memory: Meter,
         replica_cores: Meter,
         on_ready: Callable[[], None],
+        signals: ActionSignals,
     ) -> None:
         self.env = env
         self.cores = cores
@@ -65,6 +67,7 @@ class RemotePool:
         self._memory = memory
         self._replica_cores = replica_cores
         self._on_ready = on_ready
+        self._signals = signals  # replica lifecycle events for the observation builder
         self._next_id = 0
         self._rr = 0
         self._counted = 0  # replicas already added to the shared meters
@@ -113,6 +116,7 @@ class RemotePool:
         replica = Replica(self._next_id, ReplicaState.STARTING)
         self._next_id += 1
         self.replicas[replica.id] = replica
+        self._signals.replica_starting(self.env.now, replica.id)
         self._account()
         delay = self.start_time()
         if delay > 0:
@@ -125,6 +129,7 @@ class RemotePool:
             return  # retired before it was ready
         replica.state = ReplicaState.READY
         self._ready += 1
+        self._signals.replica_ready(self.env.now, replica.id)
         if self.per_replica:
             replica.queue = simpy.Resource(self.env, capacity=self.cores)
         else:
@@ -136,6 +141,7 @@ class RemotePool:
         was_ready = replica.state is ReplicaState.READY
         replica.state = ReplicaState.RETIRING
         self._ready -= was_ready
+        self._signals.replica_retiring(self.env.now, replica.id)
         if was_ready and not self.per_replica:
             # Store puts hand tokens to waiting calls synchronously, so what is not idle in the
             # store now is held by, or on its way to, a call.
@@ -145,9 +151,13 @@ class RemotePool:
         self._maybe_remove(replica)
 
     def _maybe_remove(self, replica: Replica) -> None:
+        # per_replica: a call granted a slot but not yet resumed is in `users`, not `queue`
+        # (and not yet `busy`): the replica must wait for it too.
         if replica.state is ReplicaState.RETIRING and replica.busy == 0 and replica.out == 0 \
-                and (replica.queue is None or not replica.queue.queue):
+                and (replica.queue is None
+                     or not (replica.queue.queue or replica.queue.users)):
             del self.replicas[replica.id]
+            self._signals.replica_gone(self.env.now, replica.id)
             self._account()
 
     def _account(self) -> None:

@@ -46,8 +46,15 @@ class Meters:
     peak_memory_mb: float
     oom_events: int
     arrivals: int
-    unfinished: int  # requests still in flight when the run ended
     ended_s: float  # simulated time the run ended (duration_s, or earlier if it was stopped)
+    # (arrival time, app code) of every request still in the system when the run ended (in
+    # flight or waiting at the door), as the runtime kept them: not arrivals minus rows.
+    unfinished_arrivals: tuple[tuple[float, int], ...] = ()
+
+    @property
+    def unfinished(self) -> int:
+        """Requests still in the system when the run ended."""
+        return len(self.unfinished_arrivals)
 
 
 @dataclass
@@ -86,9 +93,9 @@ class Result:
     # ------------------------------------------------------------------ report
 
     def report(self) -> dict[str, Any]:
-        """JSORC's benchmark shape, plus `cost`. Latency in ms of requests arriving after
-        warm-up that succeeded; throughput is those per second of (end - warm-up), the end
-        being `duration_s` or the moment a stopped run stopped."""
+        """JSORC's benchmark shape, plus `cost` and `unfinished`. Latency in ms of requests
+        arriving after warm-up that succeeded; throughput is those per second of (end -
+        warm-up), the end being `duration_s` or the moment a stopped run stopped."""
         s = self.scenario
         req = self.requests
         kept = req[(req["ts"] >= s.warmup_s) & req["ok"]]
@@ -97,7 +104,36 @@ class Result:
         for app in s.apps:
             walker_run[app] = _latency_report(kept.loc[kept["app"] == app, "latency_ms"], span)
         walker_run["all"] = _latency_report(kept["latency_ms"], span)
-        return {"walker_run": walker_run, "cost": self.cost()}
+        return {"walker_run": walker_run, "cost": self.cost(), "unfinished": self.unfinished()}
+
+    def unfinished(self) -> dict[str, Any]:
+        """What `walker_run` leaves out: the requests still in the system at the end.
+
+        `count`: requests unfinished when the run ended, per app and `all` (whatever their
+        arrival time). `all_arrivals_lower_bound`: per app and `all`, the number of requests
+        that arrived after warm-up and their latency statistics (ms), each finished request
+        (succeeded or failed) at its latency and each unfinished one at its age when the run
+        ended. An unfinished request's latency is at least its age, so these are lower bounds
+        of the latency of every arrival; an overload that finished requests hide shows here."""
+        s = self.scenario
+        m = self.meters
+        pending = np.array(m.unfinished_arrivals, dtype=float).reshape(-1, 2)
+        later = pending[pending[:, 0] >= s.warmup_s]
+        ages_ms = (m.ended_s - later[:, 0]) * 1000.0
+        req = self.requests
+        arrived = req[req["ts"] >= s.warmup_s]
+        codes = pending[:, 1].astype(int)
+        count: dict[str, int] = {}
+        bound: dict[str, dict[str, float | int | None]] = {}
+        for code, app in enumerate(s.apps):
+            count[app] = int(np.count_nonzero(codes == code))
+            bound[app] = _arrivals_report(np.concatenate([
+                arrived.loc[arrived["app"] == app, "latency_ms"].to_numpy(dtype=float),
+                ages_ms[later[:, 1] == code]]))
+        count["all"] = len(pending)
+        bound["all"] = _arrivals_report(np.concatenate([
+            arrived["latency_ms"].to_numpy(dtype=float), ages_ms]))
+        return {"count": count, "all_arrivals_lower_bound": bound}
 
     def cost(self) -> dict[str, Any]:
         """Over the whole run (warm-up included): memory and cores held, changes, failures."""
@@ -167,7 +203,17 @@ class Result:
 
 def _latency_report(latency: pd.Series, span: float) -> dict[str, float | None]:
     values = latency.to_numpy(dtype=float)
-    out: dict[str, float | None] = {"throughput": round(len(values) / span, 4) if span else None}
+    throughput = round(len(values) / span, 4) if span else None
+    return {"throughput": throughput, **_latency_stats(values)}
+
+
+def _arrivals_report(values: np.ndarray) -> dict[str, float | int | None]:
+    return {"arrivals": len(values), **_latency_stats(values)}
+
+
+def _latency_stats(values: np.ndarray) -> dict[str, float | None]:
+    """The mean and JSORC's percentiles of latencies in ms (None when there are none)."""
+    out: dict[str, float | None] = {}
     if len(values) == 0:
         out["average_latency"] = None
         out.update({key: None for key, _ in LATENCY_KEYS})

@@ -261,6 +261,34 @@ def set_path(table: dict[str, Any], path: str, value: Any) -> str | None:
     return None
 
 
+def override(scenario: Scenario, overrides: Mapping[str, Any], *, source: str,
+             label: Callable[[str], str] | None = None) -> Scenario:
+    """`scenario` with dotted overrides ({"workload.clients": 8}) set in its table and the
+    table checked again by `from_dict`, relative paths resolving from its `base_dir` as before.
+
+    Raises one ScenarioError from `source` naming every bad path or value; `label(path)`, when
+    given, heads each path's problem (say, the key as its file spells it)."""
+    table = scenario.to_dict()
+    problems = []
+    for path, value in overrides.items():
+        problem = set_path(table, path, value)
+        if problem:
+            problems.append(f"{label(path)}: {problem}" if label else problem)
+    if problems:
+        raise ScenarioError(source, problems)
+    return from_dict(table, source=source, base_dir=scenario.base_dir)
+
+
+def parse_value(text: str) -> Any:
+    """A value written as in a TOML file (`8` an int, `"x"` a string, `true` a bool, `[1, 2]`
+    a list); text that is not one TOML value is taken as a string (`poisson`)."""
+    try:
+        parsed = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    return parsed["value"] if len(parsed) == 1 else text
+
+
 def load(path: str | Path) -> Scenario:
     """Read and check a scenario TOML file."""
     path = Path(path)

@@ -21,8 +21,17 @@ from jsorc_sim.scenario import Scenario
 from policies import Policy, make
 
 # Separate random streams, so that changing one thing (the policy, a service time) leaves
-# the others' draws alone: paired comparisons across policies see the same arrivals.
-STREAMS = ("arrivals", "service", "startup", "policy")
+# the others' draws alone: paired comparisons across policies see the same requests.
+#   arrivals: an open workload's arrival times and app picks, and a trace's spreading;
+#   service:  an open workload's service draws, one child stream per action;
+#   startup:  load and replica start-up times (one per action);
+#   policy:   the policy's seed;
+#   clients:  one child per closed-loop client, for its app picks and service draws, so
+#             that a client's j-th request does not depend on when the others finish.
+# Request i's service draws come from its source's stream, drawn when it arrives, not from
+# one stream in the (policy-dependent) order calls happen. "clients" comes last because
+# children are spawned by position: the streams before it keep their seeds.
+STREAMS = ("arrivals", "service", "startup", "policy", "clients")
 
 
 def streams(seed: int) -> dict[str, np.random.SeedSequence]:
@@ -37,27 +46,36 @@ def simulate(
     seed: int | None = None,
     duration_s: float | None = None,
     app: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> Result:
     """Run `scenario` (or a path to one) under `policy` and return its tables.
 
     `policy` is a Policy object, a registered name or `module:Class`; without it the
-    scenario's `[policy]` runs. `seed`, `duration_s` and `app` override the scenario.
+    scenario's `[policy]` runs. `overrides` are dotted paths of the scenario's table, as in an
+    experiment file's `set` ({"workload.clients": 8, "node.memory_mb": 6144}), applied first
+    and checked as the file is (a ScenarioError names a bad path or value); then `app`
+    restricts the workload, and `seed` and `duration_s` override the scenario.
     """
+    source = str(scenario)
     if not isinstance(scenario, Scenario):
         scenario = scenario_mod.load(scenario)
+    else:
+        source = f"scenario {scenario.name!r}"
+    if overrides:
+        scenario = scenario_mod.override(scenario, overrides, source=f"{source} with overrides")
     if app is not None:
         scenario = scenario.for_app(app)
-    overrides: dict[str, Any] = {}
+    replaced: dict[str, Any] = {}
     if seed is not None:
-        overrides["seed"] = seed
+        replaced["seed"] = seed
     if duration_s is not None:
         if duration_s <= scenario.warmup_s:
             raise scenario_mod.ScenarioError(scenario.name, [
                 f"duration {duration_s:g} s must exceed warmup_s = {scenario.warmup_s:g}"])
-        overrides["duration_s"] = float(duration_s)
-    if overrides:
-        scenario = dataclasses.replace(scenario, **overrides)
+        replaced["duration_s"] = float(duration_s)
+    if replaced:
+        scenario = dataclasses.replace(scenario, **replaced)
 
     if policy is None:
         policy_name, policy_params = scenario.policy.name, dict(scenario.policy.params)
@@ -76,7 +94,7 @@ def simulate(
     rng_streams = streams(scenario.seed)
     runtime = Runtime(env, scenario, rng_streams)
     runtime.place_initial()
-    workload.start(env, runtime, scenario, np.random.default_rng(rng_streams["arrivals"]))
+    workload.start(env, runtime, scenario, rng_streams)
     env.process(controller.sample_timeline(env, runtime, scenario.timeline_s))
     if policy_name != "none":
         policy_obj.reset(int(rng_streams["policy"].generate_state(1)[0]))
@@ -92,8 +110,8 @@ def simulate(
         peak_memory_mb=runtime.memory.peak,
         oom_events=runtime.oom_events,
         arrivals=runtime.arrivals,
-        unfinished=runtime.arrivals - len(runtime.recorder.requests),
         ended_s=env.now,
+        unfinished_arrivals=tuple(runtime.unfinished.values()),
     )
     return Result(scenario, policy_name, policy_params, runtime.recorder, meters, status,
                   wall_s=time.perf_counter() - started)

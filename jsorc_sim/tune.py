@@ -619,7 +619,7 @@ def _override(which: str, scenario: Scenario, overrides: Any, base: Path,
         problems.append(f"{which}.set must be a table of \"dotted.path\" = value, got "
                         f"{overrides!r}")
         return None
-    table = scenario.to_dict()
+    accepted: dict[str, Any] = {}
     before = len(problems)
     for key, value in overrides.items():
         where = f'{which}.set."{key}"'
@@ -632,18 +632,20 @@ def _override(which: str, scenario: Scenario, overrides: Any, base: Path,
             problems.append(f"{where}: duration_s is also set at the top of the tune file")
             continue
         if isinstance(value, str) and any(p.fullmatch(key) for p in PATH_FIELDS):
+            known = len(problems)
             value = _path(value, base, traces, where, problems)
-        problem = scenario_mod.set_path(table, key, value)
-        if problem:
-            problems.append(f"{where}: {problem} in scenario {scenario.name!r}")
-    if len(problems) > before:
-        return None
+            if len(problems) > known:
+                continue
+        accepted[key] = value
+    # The accepted overrides are checked even after a problem above: every problem at once.
     try:
-        scenario = scenario_mod.from_dict(
-            table, source=f"{which}: scenario {scenario.name!r} with its set",
-            base_dir=scenario.base_dir)
+        scenario = scenario_mod.override(
+            scenario, accepted, source=f"{which}: scenario {scenario.name!r} with its set",
+            label=lambda key: f'{which}.set."{key}"')
     except ScenarioError as exc:
         problems.append(str(exc))
+        return None
+    if len(problems) > before:
         return None
     if duration_s is not None and duration_s <= scenario.warmup_s:
         problems.append(f"duration_s = {duration_s:g} must exceed {which}'s warmup_s = "

@@ -1,18 +1,27 @@
 """Where requests come from: open Poisson arrivals, closed-loop clients, or a trace replay.
 
-All randomness here comes from the `arrivals` stream, which nothing else draws from, so
-changing the policy (or anything else downstream) leaves the arrivals of a seed unchanged.
+Each source of requests draws everything random about its requests: the app (by the mix) and
+one base service time per call, all drawn when the request arrives (so a request that fails
+midway shifts no later request's draws). A source is an open workload's arrival process
+(Poisson or trace: request i is the i-th arrival, and arrivals do not depend on the policy)
+or one closed-loop client k (its j-th request; each client has its own streams, so it does
+not matter when the other clients' requests finish). The streams (see
+`jsorc_sim.simulate.STREAMS`) are drawn from by nothing else, so for one seed request i gets
+the same app and service draws whatever the policy: common random numbers, which make
+comparisons across policies paired request by request. (A client's think time, `think_ms`,
+is a constant: nothing to draw.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
 
+from jsorc_sim.distributions import Sampler, ServiceMaker, service_maker
 from jsorc_sim.runtime import Runtime
 from jsorc_sim.scenario import Scenario, ScenarioError
 
@@ -22,24 +31,49 @@ if TYPE_CHECKING:
 BATCH = 4096
 
 
+# The base service times (ms) of one source's requests: for each app, the samplers of its
+# calls in call order (before `per_size_ms` and `local_slowdown`, which the call adds).
+AppSamplers = list[tuple[Sampler, ...]]
+
+
+def service_samplers(makers: Sequence[ServiceMaker], app_calls: Sequence[Sequence[int]],
+                     seed: np.random.SeedSequence) -> AppSamplers:
+    """One source's samplers: each action has its own stream within the source, so changing
+    one action's distribution leaves the other actions' draws alone."""
+    samplers = [make(np.random.default_rng(child))
+                for make, child in zip(makers, seed.spawn(len(makers)), strict=True)]
+    return [tuple(samplers[code] for code in calls) for calls in app_calls]
+
+
 def start(env: simpy.Environment, runtime: Runtime, scenario: Scenario,
-          rng: np.random.Generator) -> None:
-    """Start the arrival processes of the scenario's workload."""
+          streams: dict[str, np.random.SeedSequence]) -> None:
+    """Start the arrival processes of the scenario's workload, on the named `streams`."""
     workload = scenario.workload
     apps = list(scenario.apps)
+    base = scenario.resolve(".")
+    makers = [service_maker(spec.service, base) for spec in scenario.actions.values()]
+    app_calls = [tuple(action.code for action in plan.actions) for plan in runtime.apps]
+    if workload.kind == "closed":
+        # Spawned children depend on their index only: client k is the same client
+        # whatever the number of clients.
+        for seed in streams["clients"].spawn(workload.clients):
+            picks, service = seed.spawn(2)
+            env.process(_client(env, runtime, workload.think_ms / 1000.0,
+                                _app_picker(scenario, np.random.default_rng(picks)),
+                                service_samplers(makers, app_calls, service)))
+        return
+    rng = np.random.default_rng(streams["arrivals"])
+    samplers = service_samplers(makers, app_calls, streams["service"])
     if workload.kind == "poisson":
-        env.process(_poisson(env, runtime, workload.rate_per_s, _app_picker(scenario, rng), rng))
-    elif workload.kind == "closed":
-        pick = _app_picker(scenario, rng)
-        for _ in range(workload.clients):
-            env.process(_client(env, runtime, workload.think_ms / 1000.0, pick))
+        env.process(_poisson(env, runtime, workload.rate_per_s, _app_picker(scenario, rng),
+                             rng, samplers))
     else:
         arrivals = load_trace(scenario, rng)
         codes = _trace_apps(scenario, arrivals, apps, rng)
         # The map is checked against the whole trace (above); only the window is replayed.
         keep = (codes >= 0) & (arrivals.ts < scenario.duration_s)
         env.process(_replay(env, runtime, arrivals.ts[keep], codes[keep],
-                            np.nan_to_num(arrivals.size[keep])))
+                            np.nan_to_num(arrivals.size[keep]), samplers))
 
 
 def load_trace(scenario: Scenario, rng: np.random.Generator) -> Arrivals:
@@ -121,11 +155,12 @@ def unmatched_streams(mapping: dict[str, str] | Any, arrivals: Arrivals) -> list
 
 
 def _poisson(env: simpy.Environment, runtime: Runtime, rate: float, pick: Iterator[int],
-             rng: np.random.Generator) -> Generator[simpy.Event, Any, None]:
+             rng: np.random.Generator, samplers: AppSamplers) -> Generator[simpy.Event, Any, None]:
     timeout, process, serve = env.timeout, env.process, runtime.serve
     for gap in _gaps(rng, rate):
         yield timeout(gap)
-        process(serve(next(pick)))
+        app = next(pick)
+        process(serve(app, 0.0, [draw() for draw in samplers[app]]))
 
 
 def _gaps(rng: np.random.Generator, rate: float) -> Iterator[float]:
@@ -133,22 +168,23 @@ def _gaps(rng: np.random.Generator, rate: float) -> Iterator[float]:
         yield from rng.exponential(1.0 / rate, BATCH).tolist()
 
 
-def _client(env: simpy.Environment, runtime: Runtime, think_s: float,
-            pick: Iterator[int]) -> Generator[simpy.Event, Any, None]:
+def _client(env: simpy.Environment, runtime: Runtime, think_s: float, pick: Iterator[int],
+            samplers: AppSamplers) -> Generator[simpy.Event, Any, None]:
     """A closed-loop client: one request at a time, back to back (JSORC's loadtest)."""
     serve = runtime.serve
     while True:
-        yield from serve(next(pick))
+        app = next(pick)
+        yield from serve(app, 0.0, [draw() for draw in samplers[app]])
         if think_s:
             yield env.timeout(think_s)
 
 
 def _replay(env: simpy.Environment, runtime: Runtime, ts: np.ndarray, apps: np.ndarray,
-            sizes: np.ndarray) -> Generator[simpy.Event, Any, None]:
+            sizes: np.ndarray, samplers: AppSamplers) -> Generator[simpy.Event, Any, None]:
     timeout, process, serve = env.timeout, env.process, runtime.serve
     now = 0.0
     for t, app, size in zip(ts.tolist(), apps.tolist(), sizes.tolist(), strict=True):
         if t > now:
             yield timeout(t - now)
             now = t
-        process(serve(app, size))
+        process(serve(app, size, [draw() for draw in samplers[app]]))

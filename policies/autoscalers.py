@@ -287,10 +287,12 @@ class Hpa(_Autoscaler[_HpaState]):
     `min_replicas` and `max_replicas` bound it as HPA's spec does.
 
     Metric. `utilisation` (the default: HPA's own default is CPU utilisation at 80 %): the
-    world's `remote_utilisation`. It saturates at 100 %, so under overload HPA grows by at
-    most 1/target per sync. `in_flight` is `remote_concurrency / ready` per replica (its
-    window mean, Little's law), against `target x replica_cores`: it includes queued calls,
-    so it keeps rising under overload and scales up faster; it also counts network time.
+    busy replica cores (`remote_busy_cores`, averaged over the samples since the last sync)
+    over the cores of the replicas ready at the sync. It saturates at 100 %, so under
+    overload HPA grows by at most 1/target per sync. `in_flight` is `remote_concurrency`
+    (its mean since the last sync) per replica ready at the sync, against
+    `target x replica_cores`: it includes queued calls, so it keeps rising under overload
+    and scales up faster; it also counts network time.
     """
 
     Params = HpaParams
@@ -303,22 +305,31 @@ class Hpa(_Autoscaler[_HpaState]):
     def _new_state(self, stats: ActionStats, now: float) -> _HpaState:
         return _HpaState()
 
-    def _metric(self, stats: ActionStats) -> float:
+    def _total(self, stats: ActionStats) -> float:
+        """The window's summed metric over all replicas: busy replica cores (utilisation)
+        or remote calls in the system (in_flight); NaN with no replica ready."""
         if stats.replicas_ready == 0:
             return math.nan
         if self.params.metric == HpaMetric.UTILISATION:
-            return stats.remote_utilisation
-        return stats.remote_concurrency / stats.replicas_ready / max(1, stats.replica_cores)
+            return stats.remote_busy_cores
+        return stats.remote_concurrency
 
     def _scale(self, state: _HpaState, stats: ActionStats, start: float, now: float,
                interval_s: float) -> tuple[Placement, str]:
         p = self.params
         current = stats.desired.replicas
-        state.samples.add(start, now, self._metric(stats))
+        state.samples.add(start, now, self._total(stats))
         if state.last_sync is not None and now - state.last_sync < p.sync_period_s:
             return stats.desired, ""
         since = state.last_sync if state.last_sync is not None else start
-        metric = state.samples.mean(now, now - since) if now > since else math.nan
+        total = state.samples.mean(now, now - since) if now > since else math.nan
+        # Per replica ready now, as HPA's usage ratio over the pods it has metrics of: a
+        # replica that became ready late in the period adds only its few busy seconds
+        # (Kubernetes counts a pod without metrics as 0 % on a scale-up). Dividing each
+        # window by its own ready count instead would average 4 saturated windows with one
+        # of 5 replicas and ask 5 replicas for 6.
+        ready_cores = stats.replicas_ready * max(1, stats.replica_cores)
+        metric = total / ready_cores if ready_cores else math.nan
         state.samples.clear()
         state.last_sync = now
         if not state.recommendations:

@@ -132,15 +132,32 @@ class ActionStats:
     latency: LatencyStats = field(default_factory=LatencyStats)
     latency_local: LatencyStats = field(default_factory=LatencyStats)
     latency_remote: LatencyStats = field(default_factory=LatencyStats)
-    in_flight: int = 0  # now: local calls running or waiting for a core, remote calls served
-    queued: int = 0  # now: calls waiting for a replica
+    # Snapshots at `now` (counts, kept per event: none is lost at a completion instant).
+    in_flight: int = 0  # being served: local calls (waiting for a core or running), remote
+    #                     calls on a replica
+    queued: int = 0  # waiting: for a first placement, on the wire, or for a replica
+    oldest_call_age_s: float = 0.0  # age of the oldest unfinished call (a stuck queue), s
     local_memory_mb: float = 0.0  # what a local copy needs on the node
     replica_memory_mb: float = 0.0  # what one remote replica needs
     replica_cores: int = 1  # calls one replica serves at once
-    # Over the window: mean remote calls in the system (queued or served) -- the concurrency
-    # Knative and Ray Serve scale on -- and the busy fraction of the ready replicas' cores.
+    # Time averages over the window (integrals of levels / window length, as Knative's
+    # queue-proxies report, never sums over finished calls):
+    # remote calls in the system (dispatched to a replica until answered: wire, queue,
+    # service) -- the concurrency Knative and Ray Serve scale on;
     remote_concurrency: float = 0.0
+    # busy replica-core-seconds / ready replica-core-seconds, 0..1; NaN with no ready replica
+    # in the window (HPA's CPU utilisation);
     remote_utilisation: float = NAN
+    # busy cores of ready replicas (a time average, in cores): HPA's summed pod usage;
+    remote_busy_cores: float = 0.0
+    # local calls in the system (waiting for a node core or running), and the share of the
+    # node's core-seconds they kept busy (0..1).
+    local_concurrency: float = 0.0
+    local_utilisation: float = 0.0
+    # Measured by the live world (NaN in the simulator): resident memory of all the
+    # action's replicas now (MB), and their CPU seconds over ready core-seconds.
+    replica_memory_used_mb: float = NAN
+    replica_cpu_utilisation: float = NAN
     local_service_ms: float = NAN  # mean service time of local calls observed so far
     remote_service_ms: float = NAN  # mean service time of remote calls observed so far
     network_ms: float = NAN  # mean network time of remote calls observed so far
@@ -153,7 +170,7 @@ class NodeStats:
     cores: int
     memory_total_mb: float
     memory_used_mb: float
-    cpu_utilisation: float = 0.0  # busy core-seconds / (cores x window), 0..1
+    cpu_utilisation: float = 0.0  # busy core-seconds / (cores x window), 0..1, time-weighted
     runtime_up: bool = True  # False while the runtime restarts after out-of-memory
     oom_events: int = 0  # out-of-memory events so far
 

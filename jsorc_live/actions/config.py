@@ -119,9 +119,10 @@ class ActionConfig:
     ``module`` implements it (an importable module name); ``local_memory_mb`` is what a local
     copy takes on the runtime's node (its weights; the loader measures the real figure),
     ``remote_memory_mb`` what one replica's process takes, ``remote_cores`` the cores a
-    replica gets. ``setup`` is passed to the module's ``setup()`` locally and remotely (as
-    the server's ``--setup``), so both copies are the same model. ``real_memory_mb`` is the
-    real model's figure when this one is scaled down.
+    replica gets (> 0; the Kubernetes CPU request, and, rounded up, the calls one replica
+    serves at once in the observations). ``setup`` is passed to the module's ``setup()``
+    locally and remotely (as the server's ``--setup``), so both copies are the same model.
+    ``real_memory_mb`` is the real model's figure when this one is scaled down.
     """
 
     name: str
@@ -139,8 +140,12 @@ class ActionConfig:
             raise ConfigError(f"action {self.name!r}: module {self.module!r} is not a module name")
         for what in ("local_memory_mb", "remote_memory_mb", "remote_cores"):
             value = getattr(self, what)
-            if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
+            if not (isinstance(value, int | float) and not isinstance(value, bool)
+                    and value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"action {self.name!r}: {what} must be >= 0, got {value!r}")
+        if self.remote_cores <= 0:  # a replica with no core serves nothing
+            raise ConfigError(f"action {self.name!r}: remote_cores must be > 0, "
+                              f"got {self.remote_cores!r}")
 
     def command(
         self, host: str = "127.0.0.1", port: int = 0, *, python: str | None = None

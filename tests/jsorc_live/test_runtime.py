@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from jsorc_live.controller import LiveObserver
 from jsorc_live.runtime import (
     CALL_COLUMNS,
     LOADTEST_APPS,
     ActionInfo,
+    CallFailed,
     CallTiming,
     Invoker,
     Replica,
@@ -112,6 +114,24 @@ def make_runtime(work_s: float = 0.002, replicas: FakeReplicas | None = None,
     return runtime, log, pool
 
 
+def settled_observations_agree(runtime: Runtime) -> None:
+    """With no call running, the runtime's observations hold no call, and count the
+    replicas ready that the routers have (every event was paired, none lost)."""
+    observation = LiveObserver(runtime).observe(1.0)
+    for name, router in runtime.routers.items():
+        stats = observation.actions[name]
+        assert (stats.in_flight, stats.queued, stats.oldest_call_age_s) == (0, 0, 0.0)
+        assert stats.replicas_ready == router.replicas_ready
+        assert stats.placement == router.placement
+
+
+def no_replica_left(runtime: Runtime) -> None:
+    """After close, every replica the observations knew of was reported gone."""
+    builder = runtime.observations.target
+    for name in runtime.routers:
+        assert not builder.action(name).replicas
+
+
 def test_loadtest_apps_are_jsorcs_eight() -> None:
     assert LOADTEST_APPS["virtual_assistant"] == ("text_seg", "bi_enc", "tfm_ner",
                                                    "sbert_sim", "use_qa")
@@ -180,7 +200,9 @@ def test_moves_under_load_fail_no_call_and_drain_before_unloading() -> None:
     assert [e for e in log if e.startswith("unload")] == ["unload running=0"] * 2
     # Every replica of a's remote placements was stopped once drained.
     assert not [r for r in pool.running if r.action == "a"]
+    settled_observations_agree(runtime)
     runtime.close()
+    no_replica_left(runtime)
 
 
 def test_remote_replicas_are_dealt_round_robin_and_scale_down_drains() -> None:
@@ -196,8 +218,10 @@ def test_remote_replicas_are_dealt_round_robin_and_scale_down_drains() -> None:
     assert router.replicas_ready == 1 and len(pool.stopped) == 2
     status = router.status()
     assert status["mode"] == "remote" and status["remote"]["status"] == "READY"
+    settled_observations_agree(runtime)
     runtime.close()
     assert not pool.running
+    no_replica_left(runtime)
 
 
 def test_a_dead_replica_is_replaced_and_no_call_fails() -> None:
@@ -215,6 +239,7 @@ def test_a_dead_replica_is_replaced_and_no_call_fails() -> None:
     assert router.replicas_ready == 2
     assert victim in pool.stopped
     assert any(e["kind"] == "replica_died" for e in router.events)
+    settled_observations_agree(runtime)
     runtime.close()
 
 
@@ -225,6 +250,10 @@ def test_a_failed_move_keeps_the_placement() -> None:
     router.wait_settled(5)
     assert router.placement.mode is Mode.UNLOADED
     assert "no replica started" in router.status()["error"]
+    with pytest.raises(CallFailed, match="no replica started"):  # refused in _acquire
+        router.call("g", {})
+    failed = LiveObserver(runtime).observe(1.0).actions["b"]
+    assert (failed.calls, failed.failures, failed.queued, failed.in_flight) == (1, 1, 0, 0)
     runtime.close()
 
     runtime, _, _ = make_runtime(fail_load=True)
@@ -236,7 +265,10 @@ def test_a_failed_move_keeps_the_placement() -> None:
     assert str(router.placement) == "remote:1"
     assert "ImportError" in router.status()["error"]
     assert router.call("f", {})[1]["placement"] == "remote"
+    settled_observations_agree(runtime)
+    assert runtime.observations.observe(1.0).node.oom_events == 0  # not refused for memory
     runtime.close()
+    no_replica_left(runtime)
 
 
 def test_benchmark_report_has_jsorcs_shape_and_track_returns_call_rows() -> None:

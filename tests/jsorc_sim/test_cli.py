@@ -60,7 +60,7 @@ def test_run_json_prints_jsorcs_report(capsys: pytest.CaptureFixture[str]) -> No
     code, out, err = cli(capsys, *RUN, "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert set(report) == {"walker_run", "cost"}
+    assert set(report) == {"walker_run", "cost", "unfinished"}
     walker_run = report["walker_run"]
     assert set(walker_run) == {"sentence_pairing", "all"}
     for app, stats in walker_run.items():
@@ -144,6 +144,105 @@ def test_a_policy_that_fails_with_on_error_stop_exits_1(capsys: pytest.CaptureFi
     assert "RuntimeError: cannot decide" in err
 
 
+# ----------------------------------------------------------------------------- --set
+
+
+SMALL = {
+    "duration_s": 30,
+    "actions": {"a": {"service": {"dist": "exp", "mean_ms": 40}, "remote_start_s": 1.0}},
+    "apps": {"w": {"calls": ["a", "a"]}},
+    "workload": {"kind": "closed", "clients": 1},
+    "placement": {"a": "remote:1"},
+}
+
+
+def write_scenario(path: Path, table: dict[str, Any]) -> Path:
+    path.write_text(tomli_w.dumps(table))
+    return path
+
+
+def json_report(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    code, out, err = cli(capsys, "run", *argv, "--json", "--no-progress")
+    assert code == 0, err
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+@pytest.mark.parametrize("kind", ["poisson", '"poisson"'], ids=["bare word", "TOML string"])
+def test_set_changes_the_scenario_as_its_file_would(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path, kind: str) -> None:
+    base = write_scenario(tmp_path / "base.toml", SMALL)
+    edited = write_scenario(tmp_path / "edited.toml", {
+        **SMALL, "node": {"cores": 2}, "network": {"rtt_ms": 2.5},
+        "actions": {"a": {**SMALL["actions"]["a"], "remote_start_s": 4}},
+        "workload": {"kind": "poisson", "rate_per_s": 20}})
+    sets = ["--set", "node.cores=2", "--set", "network.rtt_ms=2.5",
+            "--set", "actions.a.remote_start_s=4", "--set", f"workload.kind={kind}",
+            "--set", "workload.rate_per_s=20"]
+    overridden = json_report(capsys, str(base), *sets, "--seed", "3")
+    assert overridden == json_report(capsys, str(edited), "--seed", "3")
+    assert overridden != json_report(capsys, str(base), "--seed", "3"), "the overrides matter"
+    code, _, err = cli(capsys, "run", str(base), *sets, "--no-progress", "--out",
+                       str(tmp_path / "out"))
+    assert code == 0, err
+    resolved = (tmp_path / "out" / "scenario.toml").read_text()
+    assert 'kind = "poisson"' in resolved and "rate_per_s = 20" in resolved
+    assert "remote_start_s = 4" in resolved and "cores = 2" in resolved
+
+
+def test_set_reads_values_as_toml(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    base = write_scenario(tmp_path / "base.toml", SMALL)
+    edited = write_scenario(tmp_path / "edited.toml", {
+        **SMALL, "warmup_s": 5.0,
+        "actions": {"a": {**SMALL["actions"]["a"], "service": {"dist": "const", "mean_ms": 25}}},
+        "policy": {"name": "all_remote", "params": {"replicas": 2}}})
+    overridden = json_report(capsys, str(base), "--set", "warmup_s=5",
+                             "--set", 'actions.a.service={ dist = "const", mean_ms = 25 }',
+                             "--set", "policy.name=all_remote",
+                             "--set", "policy.params={ replicas = 2 }")
+    assert overridden == json_report(capsys, str(edited))
+    # After the first replica's start-up: two 25 ms calls, nothing else.
+    assert overridden["walker_run"]["all"]["average_latency"] == 50.0
+
+
+# ----------------------------------------------------------------------------- unfinished
+
+
+def test_run_warns_when_more_than_one_percent_is_unfinished(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # One replica serving 10 calls/s, 15 arrivals/s: a third of the arrivals never finish.
+    path = write_scenario(tmp_path / "overload.toml", {
+        "duration_s": 60,
+        "actions": {"a": {"service": {"dist": "const", "mean_ms": 100}}},
+        "apps": {"w": {"calls": ["a"]}},
+        "workload": {"kind": "poisson", "rate_per_s": 15},
+        "placement": {"a": "remote:1"},
+    })
+    code, out, err = cli(capsys, "run", str(path), "--json", "--no-progress")
+    assert code == 0
+    report = json.loads(out)
+    count, arrivals = report["unfinished"]["count"]["all"], report["cost"]["arrivals"]
+    assert count > 0.2 * arrivals
+    mean = report["unfinished"]["all_arrivals_lower_bound"]["all"]["average_latency"]
+    assert err.count("\n") == 1 and err.startswith("jsorc-sim: warning: ")
+    for part in (f"{count} of {arrivals} arrivals", f"({100 * count / arrivals:.1f} %)",
+                 f"at least {mean:.2f} ms"):
+        assert part in err, f"{part!r} missing from {err!r}"
+    code, out, err = cli(capsys, "run", str(path), "--no-progress")
+    assert code == 0 and err.startswith("jsorc-sim: warning: ")
+    (line,) = [line for line in out.splitlines() if line.startswith("unfinished: ")]
+    assert line.startswith(f"unfinished: {count} of {arrivals} arrivals; ")
+    assert f"mean {mean:.2f} ms" in line and "lower bound" in line
+
+
+def test_run_does_not_warn_when_few_are_unfinished(capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    path = write_scenario(tmp_path / "calm.toml", SMALL)
+    code, out, err = cli(capsys, "run", str(path), "--no-progress")
+    assert (code, err) == (0, "")
+    assert "unfinished: 1 of " in out  # the one client's request in flight at the end
+
+
 # ----------------------------------------------------------------------------- bad input
 
 BAD_SCENARIO = "duration_s = [\n"
@@ -169,6 +268,16 @@ BAD_RUNS = [
     ("negative seed", ["--seed", "-1"], ["--seed", "-1"]),
     ("zero duration", ["--duration", "0"], ["--duration", "0"]),
     ("duration within warm-up", ["--duration", "30"], ["duration 30", "warmup_s = 60"]),
+    ("set syntax", ["--set", "workload.clients"], ["--set", "dotted.path=value",
+                                                    "'workload.clients'"]),
+    ("set empty part", ["--set", "node..cores=2"], ["--set", "'node..cores=2'"]),
+    ("set no such table", ["--set", "network.nowhere.rtt_ms=1"],
+     ["no table 'network.nowhere'", "'network.nowhere.rtt_ms'"]),
+    ("set no such action", ["--set", "actions.nope.remote_start_s=4"], ["'actions.nope'"]),
+    ("set unknown field", ["--set", "workload.clientz=8"], ["[workload] unknown field 'clientz'"]),
+    ("set wrong type", ["--set", "workload.clients=abc"], ["workload.clients", "'abc'"]),
+    ("set out of range", ["--set", "node.memory_mb=-5"], ["node.memory_mb", ">", "-5"]),
+    ("set bad choice", ["--set", "workload.kind=open"], ["workload.kind", "'open'"]),
 ]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pandas.testing as pdt
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -341,6 +342,26 @@ def test_poisson_arrivals_do_not_depend_on_the_policy(
         first_b = np.sort(b["ts"].to_numpy())
         complete = min(_complete_prefix(a.index), _complete_prefix(b.index), n)
         assert (first_a[:complete] == first_b[:complete]).all()
+        # Common random numbers: the same arrival's calls get the same service draws.
+        mine, theirs = _base_draws(s, base), _base_draws(s, other)
+        for key in mine.keys() & theirs.keys():
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-9), \
+                f"{name}: request {key[0]}'s call {key[1]} drew {theirs[key]}, " \
+                f"under {base.policy} {mine[key]}"
+
+
+def _base_draws(s: Scenario, r: Result) -> dict[tuple[int, int], float]:
+    """(request id, call position) -> the call's service draw before the local slowdown, for
+    every call that ran (a failed call has no service time)."""
+    calls = r.calls
+    position = calls.groupby("request_id", sort=False).cumcount()
+    slowdown = calls["action"].astype(str).map(
+        {name: a.local_slowdown for name, a in s.actions.items()}).astype(float)
+    local = (calls["placement"] == "local").to_numpy()
+    base = calls["service_ms"].to_numpy() / np.where(local, slowdown.to_numpy(), 1.0)
+    ok = calls["ok"].to_numpy()
+    return {(int(rid), int(pos)): float(v) for rid, pos, v, good in zip(
+        calls["request_id"], position, base, ok, strict=True) if good}
 
 
 def _complete_prefix(ids: pd.Index) -> int:

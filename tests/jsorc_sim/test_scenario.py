@@ -13,7 +13,7 @@ import pandas.testing as pdt
 import pytest
 import tomli_w
 
-from jsorc_sim.scenario import Scenario, ScenarioError, from_dict, load
+from jsorc_sim.scenario import Scenario, ScenarioError, from_dict, load, override, parse_value
 from jsorc_sim.simulate import simulate
 from policies import Placement
 
@@ -334,3 +334,42 @@ def test_scenario_objects_are_plain_frozen_data() -> None:
         s.seed = 3  # type: ignore[misc]
     assert from_dict(s.to_dict()) == s, \
         "to_dict() is a scenario table that loads back to the same scenario"
+
+
+# ----------------------------------------------------------------------------- overrides
+
+PARSED = [  # (text after `--set path=`, the value)
+    ("8", 8),
+    ("2.5", 2.5),
+    ("-1", -1),
+    ("true", True),
+    ('"x"', "x"),
+    ("'remote:2'", "remote:2"),
+    ("poisson", "poisson"),  # not TOML: a string
+    ("remote:2", "remote:2"),
+    ("", ""),
+    ("[1, 2]", [1, 2]),
+    ('{ dist = "const", mean_ms = 5 }', {"dist": "const", "mean_ms": 5}),
+    ("1\nother = 2", "1\nother = 2"),  # more than one value is no value: the text itself
+]
+
+
+@pytest.mark.parametrize(("text", "value"), PARSED, ids=[repr(t) for t, _ in PARSED])
+def test_override_values_are_read_as_toml(text: str, value: Any) -> None:
+    parsed = parse_value(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_override_checks_the_changed_table_and_keeps_the_original() -> None:
+    s = from_dict(MINIMAL)
+    changed = override(s, {"node.cores": 8, "actions.a.service.mean_ms": 5},
+                       source="test")
+    assert changed.node.cores == 8 and changed.actions["a"].service.mean_ms == 5.0
+    assert s.node.cores == 4 and s.actions["a"].service.mean_ms == 10.0, "s is unchanged"
+    with pytest.raises(ScenarioError) as bad:
+        override(s, {"node.cores": 0, "nodes.cores": 1}, source="test",
+                 label=lambda path: f"--set {path}")
+    assert str(bad.value) == ("test: --set nodes.cores: no table 'nodes' on the way to "
+                              "'nodes.cores'")
+    with pytest.raises(ScenarioError, match=r"^test: node\.cores must be > 0, got 0$"):
+        override(s, {"node.cores": 0}, source="test")

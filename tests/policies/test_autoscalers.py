@@ -55,9 +55,12 @@ def action(replicas: int = 1, *, ready: int | None = None, utilisation: float = 
     """A remote action asked for `replicas`, of which `ready` (default all) are ready."""
     want = desired or Placement.remote(replicas)
     ready = want.replicas if ready is None else ready
+    # A steady window: the ready replicas' cores were busy `utilisation` of the time.
+    busy = utilisation * ready * cores if ready else 0.0
     return ActionStats(name=name, placement=Placement.remote(max(1, ready)), desired=want,
                        replicas_ready=ready, replica_cores=cores,
-                       remote_concurrency=concurrency, remote_utilisation=utilisation)
+                       remote_concurrency=concurrency, remote_utilisation=utilisation,
+                       remote_busy_cores=busy)
 
 
 def observe(now: float, *actions: ActionStats, interval_s: float = 10.0) -> Observation:

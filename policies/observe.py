@@ -1,0 +1,633 @@
+"""The one observation builder: what happened, as events, in; the policy's `Observation` out.
+
+Both worlds describe a run as the same events -- a request arrived or finished; a call was
+issued, dispatched to a placement, started on a node core or a replica, finished or failed;
+a replica started, became ready, left balancing, was gone; a local copy began loading, was
+ready, was dropped; node memory, CPU and out-of-memory events -- and hand them to an
+`ObservationBuilder`. The simulator's observer and timeline (`jsorc_sim.observe`) and the
+live controller's observer (`jsorc_live.controller`) are thin adapters that emit events;
+neither computes a statistic of its own, so the two cannot drift apart.
+
+Window signals are time-weighted integrals over the window, as Knative's queue-proxy
+reports concurrency and HPA reads utilisation, never sums over the calls that finished in
+it: a 25 s call in service through a 10 s window adds 10 call-seconds to that window, not
+0 or 25. Each level (calls in the system, busy cores, ready cores) keeps its running
+integral, updated at each event (`area += level x dt`), so a window's mean is a difference
+of two integrals divided by its length.
+
+Definitions (the contract's fields, in `policies.contract`):
+- a call is *in the system* of its placement from dispatch (after any wait for a first
+  placement, which counts in `queued`) until its answer: for a remote call, the wire, the
+  replica's queue and its service; for a local call, the wait for a node core and the run;
+- a call is *busy* on a replica core from `started` to its finish; a replica whose calls
+  outnumber its cores is busy on all of its cores (the live world sees a call at a replica
+  from send to answer, not its server's own queue);
+- `remote_utilisation` = busy core-seconds on ready replicas / ready replica core-seconds
+  (0..1; NaN when no replica was ready in the window); a replica leaves both sides when it
+  stops taking calls (retiring), so draining cannot push the ratio past 1;
+- `in_flight` and `queued` are counts at `now`, kept per event, so no call is lost at the
+  instant another completes.
+
+Pure: no I/O, no clock. Time is whatever the events say (simulated seconds, or seconds since
+the live controller started).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from policies.contract import (
+    ActionStats,
+    AppStats,
+    LatencyStats,
+    NodeStats,
+    Observation,
+    Placement,
+    Totals,
+)
+
+NAN = math.nan
+LOCAL, REMOTE = 0, 1
+
+# A call's stage, in `ActionSignals._calls[token][1]`.
+_ISSUED, _DISPATCHED, _STARTED = 0, 1, 2
+# Replica states.
+_STARTING, _READY, _RETIRING = 0, 1, 2
+
+
+def latency_stats(values: list[float]) -> LatencyStats:
+    """count, mean and percentiles (numpy's linear interpolation) in ms; NaN when empty."""
+    if not values:
+        return LatencyStats()
+    arr = np.asarray(values, dtype=float)
+    p50, p95, p99 = np.percentile(arr, (50, 95, 99))
+    return LatencyStats(len(arr), float(arr.mean()), float(p50), float(p95), float(p99))
+
+
+class Level:
+    """The running time integral of a piecewise-constant level (calls, busy cores).
+
+    A change of `d` at time `t` adds `d x (T - t)` to the integral up to any later `T`, so
+    the integral is `level x T + acc` with `acc` the sum of `-d x t`: two additions per
+    event and no clock of its own. The hot paths below inline `add` for that reason
+    (`lv.acc -= t; lv.level += 1.0` is an entry, the reverse an exit)."""
+
+    __slots__ = ("acc", "level")
+
+    def __init__(self) -> None:
+        self.level = 0.0
+        self.acc = 0.0
+
+    def add(self, now: float, delta: float) -> None:
+        self.acc -= delta * now
+        self.level += delta
+
+    def integral(self, now: float) -> float:
+        """level x seconds from the start to `now`."""
+        return self.acc + self.level * now
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInfo:
+    """What the world knows of an action before any event: its sizes."""
+
+    local_memory_mb: float = 0.0
+    replica_memory_mb: float = 0.0
+    replica_cores: int = 1
+
+
+class ActionSignals:
+    """The events of one action. The world holds one per action and calls its methods.
+
+    A call's events: `issued` (it returns the call's token), `dispatched(token, t, where)`
+    once its placement is known (again if it moves, e.g. from the wire to a local copy),
+    `started(token, t, replica)` when a core or a replica slot takes it (again on a retry on
+    another replica), then `finished(token, ...)` once, ok or failed, from any stage.
+    """
+
+    def __init__(self, name: str, info: ActionInfo, node: NodeSignals) -> None:
+        self.name = name
+        self.info = info
+        self._node = node
+        self._next = 0
+        # token -> [issued at, stage, where, replica]
+        self._calls: dict[int, list[Any]] = {}
+        self.waiting = Level()  # issued, not dispatched: waiting for a first placement
+        self.system = (Level(), Level())  # dispatched, unfinished: local, remote
+        self.busy_local = Level()  # local calls on a node core
+        self.busy_remote = Level()  # busy cores of ready replicas
+        self.capacity = Level()  # cores of ready replicas
+        self.queued_remote = 0  # dispatched remote, not started
+        self.started_remote = 0  # remote calls on a replica (ready or retiring)
+        # replica id -> [state, calls on it]
+        self.replicas: dict[Any, list[int]] = {}
+        self.replicas_ready = 0
+        self.local_state = "none"
+        self.placement = Placement.unloaded()
+        self.desired = Placement.unloaded()
+        self.transition = False
+        self.replica_memory_used_mb = NAN
+        self._replica_cpu_s = NAN
+        # The window's tallies (cleared by each observation).
+        self.finished_n = 0
+        self.failures = 0
+        self.cold = 0
+        self.latencies: tuple[list[float], list[float]] = ([], [])
+        self.by_app: dict[str, int] = {}  # app -> calls finished in the window
+        # Since the start: service sums and counts by where, network sum (remote, timed).
+        self.service_sum = [0.0, 0.0]
+        self.service_n = [0, 0]
+        self.network_sum = 0.0
+        self.network_n = 0
+
+    # ----------------------------------------------------------------- calls
+
+    def issued(self, t: float) -> int:
+        token = self._next
+        self._next = token + 1
+        self._calls[token] = [t, _ISSUED, -1, None]
+        w = self.waiting
+        w.acc -= t
+        w.level += 1.0
+        return token
+
+    def dispatched(self, token: int, t: float, where: int) -> None:
+        call = self._calls[token]
+        if call[1] == _ISSUED:
+            w = self.waiting
+            w.acc += t
+            w.level -= 1.0
+        else:
+            self._leave(call, t)
+        call[1] = _DISPATCHED
+        call[2] = where
+        lv = self.system[where]
+        lv.acc -= t
+        lv.level += 1.0
+        if where:  # REMOTE
+            self.queued_remote += 1
+
+    def started(self, token: int, t: float, replica: Any = None) -> None:
+        """On a node core (local) or on `replica` (remote); a second call moves it."""
+        call = self._calls[token]
+        if call[1] == _STARTED:
+            self._stop(call, t)
+        elif call[2] == REMOTE:
+            self.queued_remote -= 1
+        call[1] = _STARTED
+        call[3] = replica
+        if call[2] == LOCAL:
+            lv = self.busy_local
+            lv.acc -= t
+            lv.level += 1.0
+            lv = self._node.busy
+            lv.acc -= t
+            lv.level += 1.0
+            return
+        self.started_remote += 1
+        state = self.replicas.get(replica)
+        if state is None:  # a replica the world never announced (an attached server)
+            state = self.replicas[replica] = [_READY, 0]
+            self.replicas_ready += 1
+            self.capacity.add(t, self.info.replica_cores)
+        state[1] += 1
+        if state[0] == _READY and state[1] <= self.info.replica_cores:
+            lv = self.busy_remote
+            lv.acc -= t
+            lv.level += 1.0
+
+    def finished(self, token: int, t: float, ok: bool, latency_ms: float,
+                 service_ms: float = NAN, network_ms: float = NAN, cold: bool = False,
+                 app: str = "") -> None:
+        """The call ended (its answer came back, or it failed at any stage)."""
+        call = self._calls.pop(token)
+        stage = call[1]
+        if stage == _ISSUED:
+            w = self.waiting
+            w.acc += t
+            w.level -= 1.0
+        else:
+            where = call[2]
+            if stage == _STARTED and where == LOCAL:  # inlined `_leave` (the hot path)
+                lv = self.busy_local
+                lv.acc += t
+                lv.level -= 1.0
+                lv = self._node.busy
+                lv.acc += t
+                lv.level -= 1.0
+                lv = self.system[LOCAL]
+                lv.acc += t
+                lv.level -= 1.0
+            else:
+                self._leave(call, t)
+            if ok:
+                self.latencies[where].append(latency_ms)
+                if service_ms == service_ms:  # not NaN: the server said how long
+                    self.service_sum[where] += service_ms
+                    self.service_n[where] += 1
+                    if where and network_ms == network_ms:
+                        self.network_sum += network_ms
+                        self.network_n += 1
+        self.finished_n += 1
+        if not ok:
+            self.failures += 1
+        if cold:
+            self.cold += 1
+        if app:
+            by_app = self.by_app
+            by_app[app] = by_app.get(app, 0) + 1
+
+    def _leave(self, call: list[Any], t: float) -> None:
+        """Out of its placement's system (finished, or moved to another placement)."""
+        if call[1] == _STARTED:
+            self._stop(call, t)
+        elif call[2] == REMOTE:
+            self.queued_remote -= 1
+        lv = self.system[call[2]]
+        lv.acc += t
+        lv.level -= 1.0
+
+    def _stop(self, call: list[Any], t: float) -> None:
+        if call[2] == LOCAL:
+            lv = self.busy_local
+            lv.acc += t
+            lv.level -= 1.0
+            lv = self._node.busy
+            lv.acc += t
+            lv.level -= 1.0
+            return
+        self.started_remote -= 1
+        state = self.replicas.get(call[3])
+        if state is None:
+            return
+        if state[0] == _READY and state[1] <= self.info.replica_cores:
+            lv = self.busy_remote
+            lv.acc += t
+            lv.level -= 1.0
+        state[1] -= 1
+
+    # ----------------------------------------------------------------- replicas
+
+    def replica_starting(self, t: float, replica: Any) -> None:
+        self.replicas[replica] = [_STARTING, 0]
+
+    def replica_ready(self, t: float, replica: Any) -> None:
+        state = self.replicas.setdefault(replica, [_STARTING, 0])
+        if state[0] == _READY:
+            return
+        state[0] = _READY
+        self.replicas_ready += 1
+        self.capacity.add(t, self.info.replica_cores)
+        self.busy_remote.add(t, min(state[1], self.info.replica_cores))
+
+    def replica_retiring(self, t: float, replica: Any) -> None:
+        """It takes no new calls (it may still finish some): out of the ready capacity."""
+        state = self.replicas.get(replica)
+        if state is None or state[0] == _RETIRING:
+            return
+        if state[0] == _READY:
+            self.replicas_ready -= 1
+            self.capacity.add(t, -self.info.replica_cores)
+            self.busy_remote.add(t, -min(state[1], self.info.replica_cores))
+        state[0] = _RETIRING
+
+    def replica_gone(self, t: float, replica: Any) -> None:
+        self.replica_retiring(t, replica)
+        self.replicas.pop(replica, None)
+
+    def replica_usage(self, t: float, memory_mb: float, cpu_s: float) -> None:
+        """Measured use of all of the action's replica processes (live only): resident
+        memory now, and CPU seconds since they started (summed; a cumulative counter)."""
+        self.replica_memory_used_mb = memory_mb
+        self._replica_cpu_s = cpu_s
+
+    # ----------------------------------------------------------------- local copy, state
+
+    def local(self, t: float, state: str) -> None:
+        """The local copy's state: `loading`, `ready`, `draining` or `none`."""
+        self.local_state = state
+
+    def state(self, t: float, placement: Placement, desired: Placement,
+              transition: bool) -> None:
+        """Where calls go now, what was last asked for, and whether a move is under way."""
+        self.placement = placement
+        self.desired = desired
+        self.transition = transition
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def in_flight(self) -> int:
+        """Calls being served now: local ones (waiting for a core or running) and remote
+        ones on a replica."""
+        return int(self.system[LOCAL].level) + self.started_remote
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting now: for a first placement, on the wire or for a replica."""
+        return int(self.waiting.level) + self.queued_remote
+
+    def oldest_age(self, now: float) -> float:
+        """Seconds since the oldest unfinished call was issued (0 when there is none).
+        Tokens are issued in time order and dicts keep insertion order."""
+        for call in self._calls.values():
+            issued: float = call[0]
+            return max(now - issued, 0.0)
+        return 0.0
+
+
+class NodeSignals:
+    """The node's and the requests' events (one per builder)."""
+
+    def __init__(self, t0: float, cores: int, memory_total_mb: float) -> None:
+        self.t0 = t0
+        self.cores = cores
+        self.memory_total_mb = memory_total_mb
+        self.memory_used_mb = 0.0
+        self.busy = Level()  # node cores busy (walker compute and local calls)
+        self.cpu_s = NAN  # a measured cumulative CPU counter (live), overrides `busy`
+        self.up = True
+        self.oom_events = 0
+        self.in_system = 0  # requests arrived, not finished
+        # The window's tallies.
+        self.arrived_n = 0
+        self.requests: dict[str, list[float]] = {}  # app -> ok latencies
+        self.request_counts: dict[str, list[int]] = {}  # app -> [finished, failed]
+        self.requests_so_far = 0
+        self.failures_so_far = 0
+
+    def request_arrived(self, t: float, app: str) -> None:
+        self.in_system += 1
+        self.arrived_n += 1
+
+    def request_finished(self, t: float, app: str, latency_ms: float, ok: bool) -> None:
+        self.in_system -= 1
+        self.requests_so_far += 1
+        try:
+            counts = self.request_counts[app]
+        except KeyError:
+            counts = self.request_counts[app] = [0, 0]
+            self.requests[app] = []
+        counts[0] += 1
+        if ok:
+            self.requests[app].append(latency_ms)
+        else:
+            counts[1] += 1
+            self.failures_so_far += 1
+
+    def compute_started(self, t: float) -> None:
+        """A walker's own compute took a node core."""
+        self.busy.add(t, 1.0)
+
+    def compute_finished(self, t: float) -> None:
+        self.busy.add(t, -1.0)
+
+    def cpu_time(self, t: float, core_s: float) -> None:
+        """A measured CPU counter (core-seconds since the start): used instead of `busy`."""
+        self.cpu_s = core_s
+
+    def memory(self, t: float, used_mb: float, total_mb: float | None = None) -> None:
+        self.memory_used_mb = used_mb
+        if total_mb is not None:
+            self.memory_total_mb = total_mb
+
+    def out_of_memory(self, t: float) -> None:
+        self.oom_events += 1
+
+    def runtime(self, t: float, up: bool) -> None:
+        self.up = up
+
+
+@dataclass(frozen=True, slots=True)
+class Integrals:
+    """Running integrals at one moment; the difference of two is a window's area."""
+
+    t: float
+    node_busy: float
+    node_cpu_s: float
+    actions: Mapping[str, tuple[float, float, float, float, float, float, float, float]]
+    # per action: system local, system remote, busy local, busy remote, capacity,
+    # replica cpu seconds (NaN when unmeasured), calls issued so far, waiting for a first
+    # placement (so the three system integrals add up to every call's time since issue)
+
+
+class ObservationBuilder:
+    """Events in, `Observation` out. `observe(now, interval_s)` reads the window since the
+    last observation and starts the next one.
+
+    `actions` names every action the world knows, with its sizes; `apps` every walker.
+    The world calls the methods of `builder.node` and of `builder.action(name)`.
+    """
+
+    def __init__(self, t0: float, *, cores: int, memory_total_mb: float,
+                 actions: Mapping[str, ActionInfo], apps: Iterable[str]) -> None:
+        self.node = NodeSignals(t0, cores, memory_total_mb)
+        self.actions = {name: ActionSignals(name, info, self.node)
+                        for name, info in actions.items()}
+        self.apps = list(apps)
+        self._last = self.integrals(t0)
+
+    def action(self, name: str) -> ActionSignals:
+        return self.actions[name]
+
+    def add_action(self, name: str, info: ActionInfo) -> ActionSignals:
+        """An action configured after the start (live), or one whose sizes changed; an
+        existing one keeps its history."""
+        signals = self.actions.get(name)
+        if signals is None:
+            signals = self.actions[name] = ActionSignals(name, info, self.node)
+        else:
+            signals.info = info
+        return signals
+
+    def add_app(self, name: str) -> None:
+        if name not in self.apps:
+            self.apps.append(name)
+
+    def integrals(self, now: float) -> Integrals:
+        node = self.node
+        acts = {}
+        for name, a in self.actions.items():
+            acts[name] = (a.system[LOCAL].integral(now), a.system[REMOTE].integral(now),
+                          a.busy_local.integral(now), a.busy_remote.integral(now),
+                          a.capacity.integral(now), a._replica_cpu_s, float(a._next),
+                          a.waiting.integral(now))
+        return Integrals(now, node.busy.integral(now), node.cpu_s, acts)
+
+    def observe(self, now: float, interval_s: float) -> Observation:
+        """The window since the last observation (pure in the events seen so far)."""
+        start = self._last
+        end = self.integrals(now)
+        self._last = end
+        elapsed = max(now - start.t, 0.0)
+        node = self.node
+        apps = {}
+        names = self.apps + [a for a in node.request_counts if a not in self.apps]
+        for app in names:
+            finished, failed = node.request_counts.get(app, (0, 0))
+            ok = latency_stats(node.requests.get(app, []))
+            per_request = ({name: a.by_app[app] / finished for name, a in self.actions.items()
+                            if app in a.by_app} if finished else {})
+            apps[app] = AppStats(app, finished, failed, ok.mean_ms, ok.p95_ms, per_request)
+        # In the order the world announced its actions (a scenario's order; the live
+        # runtime's configuration order): policies that walk them decide in that order.
+        actions = {name: self._action(a, start, end, elapsed, now)
+                   for name, a in self.actions.items()}
+        all_ok = [v for values in node.requests.values() for v in values]
+        total = sum(c[0] for c in node.request_counts.values())
+        failed_all = sum(c[1] for c in node.request_counts.values())
+        stats = latency_stats(all_ok)
+        totals = Totals(total, failed_all, stats.mean_ms, stats.p95_ms, node.requests_so_far,
+                        node.failures_so_far)
+        node_stats = NodeStats(
+            cores=node.cores,
+            memory_total_mb=node.memory_total_mb,
+            memory_used_mb=node.memory_used_mb,
+            cpu_utilisation=_ratio(_busy(start, end), node.cores * elapsed, empty=0.0),
+            runtime_up=node.up,
+            oom_events=node.oom_events,
+        )
+        node.arrived_n = 0
+        node.requests = {}
+        node.request_counts = {}
+        return Observation(now, interval_s, node_stats, actions, apps, totals)
+
+    def _action(self, a: ActionSignals, start: Integrals, end: Integrals, elapsed: float,
+                now: float) -> ActionStats:
+        zero = (0.0, 0.0, 0.0, 0.0, 0.0, NAN, 0.0, 0.0)
+        s, e = start.actions.get(a.name, zero), end.actions[a.name]
+        info = a.info
+        local, remote = a.latencies
+        ok = local + remote
+        cores = self.node.cores
+        n_local, n_remote = a.service_n
+        cpu = e[5] - s[5]  # NaN until two measurements bracket a window
+        stats = ActionStats(
+            name=a.name,
+            placement=a.placement,
+            desired=a.desired,
+            replicas_ready=a.replicas_ready,
+            transition=a.transition,
+            calls=a.finished_n,
+            call_rate=_ratio(e[6] - s[6], elapsed, empty=0.0),
+            failures=a.failures,
+            cold_starts=a.cold,
+            latency=latency_stats(ok),
+            latency_local=latency_stats(local),
+            latency_remote=latency_stats(remote),
+            in_flight=a.in_flight,
+            queued=a.queued,
+            local_memory_mb=info.local_memory_mb,
+            replica_memory_mb=info.replica_memory_mb,
+            replica_cores=info.replica_cores,
+            remote_concurrency=_ratio(e[1] - s[1], elapsed, empty=0.0),
+            remote_utilisation=_utilisation(e[3] - s[3], e[4] - s[4]),
+            remote_busy_cores=_ratio(e[3] - s[3], elapsed, empty=0.0),
+            local_concurrency=_ratio(e[0] - s[0], elapsed, empty=0.0),
+            local_utilisation=_ratio(e[2] - s[2], cores * elapsed, empty=0.0),
+            oldest_call_age_s=a.oldest_age(now),
+            replica_memory_used_mb=a.replica_memory_used_mb,
+            replica_cpu_utilisation=_utilisation(cpu, e[4] - s[4]) if cpu == cpu else NAN,
+            local_service_ms=a.service_sum[LOCAL] / n_local if n_local else NAN,
+            remote_service_ms=a.service_sum[REMOTE] / n_remote if n_remote else NAN,
+            network_ms=a.network_sum / a.network_n if a.network_n else NAN,
+        )
+        a.finished_n = a.failures = a.cold = 0
+        a.latencies = ([], [])
+        a.by_app = {}
+        return stats
+
+
+def _busy(start: Integrals, end: Integrals) -> float:
+    """Busy node core-seconds in the window: the measured counter when there is one."""
+    if end.node_cpu_s == end.node_cpu_s:
+        return end.node_cpu_s - start.node_cpu_s if start.node_cpu_s == start.node_cpu_s \
+            else 0.0
+    return end.node_busy - start.node_busy
+
+
+def _ratio(num: float, den: float, *, empty: float) -> float:
+    return num / den if den > 0 else empty
+
+
+def _utilisation(busy: float, capacity: float) -> float:
+    """busy / capacity in 0..1; NaN with no capacity. The clamp only absorbs float error."""
+    if capacity <= 1e-12:
+        return NAN
+    return min(1.0, max(0.0, busy / capacity))
+
+
+# --------------------------------------------------------------------------- recording
+
+
+class EventLog:
+    """Records every event a builder receives, in order, so a run can be replayed into a
+    fresh builder (`replay`). Wrap the builder the world uses: `log = EventLog(builder)`,
+    then use `log.node`, `log.action(name)` and `log.observe` as the builder's own."""
+
+    def __init__(self, builder: ObservationBuilder) -> None:
+        self.builder = builder
+        # (event, action name or "" for the node, positional args, keyword args)
+        self.events: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = []
+        self.node = _Recording(self, "", builder.node)
+        self._actions: dict[str, _Recording] = {}
+
+    def action(self, name: str) -> Any:
+        proxy = self._actions.get(name)
+        if proxy is None:
+            proxy = self._actions[name] = _Recording(self, name, self.builder.action(name))
+        return proxy
+
+    def add_action(self, name: str, info: ActionInfo) -> Any:
+        self.events.append(("add_action", name, (info,), {}))
+        self.builder.add_action(name, info)
+        self._actions.pop(name, None)
+        return self.action(name)
+
+    def add_app(self, name: str) -> None:
+        self.events.append(("add_app", name, (), {}))
+        self.builder.add_app(name)
+
+    def observe(self, now: float, interval_s: float) -> Observation:
+        self.events.append(("observe", "", (now, interval_s), {}))
+        return self.builder.observe(now, interval_s)
+
+
+class _Recording:
+    def __init__(self, log: EventLog, name: str, target: Any) -> None:
+        self._log, self._name, self._target = log, name, target
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._target, attr)
+        if not callable(value):
+            return value
+        events, name = self._log.events, self._name
+
+        def record(*args: Any, **kwargs: Any) -> Any:
+            events.append((attr, name, args, kwargs))
+            return value(*args, **kwargs)
+
+        return record
+
+
+def replay(events: Iterable[tuple[str, str, tuple[Any, ...], dict[str, Any]]],
+           builder: ObservationBuilder) -> list[Observation]:
+    """Feed a recorded event log to `builder`; the observations it produced, in order."""
+    out = []
+    handlers: dict[str, Callable[..., Any]] = {"add_action": builder.add_action,
+                                               "add_app": builder.add_app}
+    for kind, name, args, kwargs in events:
+        if kind == "observe":
+            out.append(builder.observe(*args))
+        elif kind in handlers:
+            handlers[kind](name, *args)
+        elif name:
+            getattr(builder.action(name), kind)(*args, **kwargs)
+        else:
+            getattr(builder.node, kind)(*args, **kwargs)
+    return out
