@@ -27,4 +27,5 @@ class Observer:
         for name, action in runtime.actions.items():
             builder.action(name).state(now, action.placement, action.desired,
                                        action.in_transition)
-        return builder.observe(now, interval_s)
+        observation: Observation = builder.observe(now, interval_s)
+        return observation

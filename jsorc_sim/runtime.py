@@ -22,7 +22,7 @@ from jsorc_sim.meter import Meter
 from jsorc_sim.recorder import Failure, Recorder
 from jsorc_sim.scenario import Scenario
 from policies.observe import ActionInfo as ObservedAction
-from policies.observe import ObservationBuilder
+from policies.observe import EventLog, ObservationBuilder
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,22 @@ class AppPlan:
     actions: tuple[ActionRuntime, ...]
 
 
+def observation_builder(scenario: Scenario, t0: float = 0.0) -> ObservationBuilder:
+    """The builder of a run's observations: the scenario's node, actions and apps."""
+    return ObservationBuilder(
+        t0, cores=scenario.node.cores, memory_total_mb=scenario.node.memory_mb,
+        actions={name: ObservedAction(spec.local_memory_mb, spec.replica_memory_mb,
+                                      spec.remote_cores)
+                 for name, spec in scenario.actions.items()},
+        apps=scenario.apps)
+
+
 class Runtime:
     """The node and everything that runs on it."""
 
     def __init__(self, env: simpy.Environment, scenario: Scenario,
-                 streams: dict[str, np.random.SeedSequence]) -> None:
+                 streams: dict[str, np.random.SeedSequence], *,
+                 record_events: bool = False) -> None:
         self.env = env
         self.scenario = scenario
         node = scenario.node
@@ -51,12 +62,10 @@ class Runtime:
         self.replica_cores = Meter(env)
         # Every signal a policy sees comes from these events (policies.observe): the actions,
         # the walkers and this runtime emit them as they happen.
-        self.observations = ObservationBuilder(
-            env.now, cores=node.cores, memory_total_mb=node.memory_mb,
-            actions={name: ObservedAction(spec.local_memory_mb, spec.replica_memory_mb,
-                                          spec.remote_cores)
-                     for name, spec in scenario.actions.items()},
-            apps=scenario.apps)
+        # `record_events` keeps every event in `event_log` (slower: for replay checks).
+        builder = observation_builder(scenario, env.now)
+        self.event_log = EventLog(builder) if record_events else None
+        self.observations: Any = self.event_log or builder
         self.node_signals = self.observations.node
         self.up = True
         self.up_event = env.event()

@@ -48,6 +48,7 @@ def simulate(
     app: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     progress: bool = False,
+    record_events: bool = False,
 ) -> Result:
     """Run `scenario` (or a path to one) under `policy` and return its tables.
 
@@ -56,6 +57,8 @@ def simulate(
     experiment file's `set` ({"workload.clients": 8, "node.memory_mb": 6144}), applied first
     and checked as the file is (a ScenarioError names a bad path or value); then `app`
     restricts the workload, and `seed` and `duration_s` override the scenario.
+    `record_events` keeps every event the observation builder received in
+    `result.extra["events"]` (for `policies.observe.replay`; slower and larger).
     """
     source = str(scenario)
     if not isinstance(scenario, Scenario):
@@ -92,7 +95,7 @@ def simulate(
 
     env = simpy.Environment()
     rng_streams = streams(scenario.seed)
-    runtime = Runtime(env, scenario, rng_streams)
+    runtime = Runtime(env, scenario, rng_streams, record_events=record_events)
     runtime.place_initial()
     workload.start(env, runtime, scenario, rng_streams)
     env.process(controller.sample_timeline(env, runtime, scenario.timeline_s))
@@ -113,8 +116,9 @@ def simulate(
         ended_s=env.now,
         unfinished_arrivals=tuple(runtime.unfinished.values()),
     )
+    extra = {"events": runtime.event_log.events} if runtime.event_log is not None else {}
     return Result(scenario, policy_name, policy_params, runtime.recorder, meters, status,
-                  wall_s=time.perf_counter() - started)
+                  wall_s=time.perf_counter() - started, extra=extra)
 
 
 def _run(env: simpy.Environment, duration_s: float, progress: bool) -> str:

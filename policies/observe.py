@@ -593,6 +593,9 @@ class EventLog:
         self.events.append(("add_app", name, (), {}))
         self.builder.add_app(name)
 
+    def integrals(self, now: float) -> Integrals:
+        return self.builder.integrals(now)  # a read: not an event
+
     def observe(self, now: float, interval_s: float) -> Observation:
         self.events.append(("observe", "", (now, interval_s), {}))
         return self.builder.observe(now, interval_s)

@@ -8,15 +8,19 @@ formulas applied to the true concurrency, derived in the comments.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 from scipy import stats
 
-from jsorc_sim.scenario import from_dict
+from jsorc_sim.runtime import observation_builder
+from jsorc_sim.scenario import Scenario, from_dict, load
 from jsorc_sim.simulate import simulate
 from policies import Decision, Observation, Policy, make
+from policies.observe import replay
 
 
 class Spy:
@@ -147,3 +151,48 @@ def test_hpa_after_a_cold_start_asks_for_what_its_formula_gives() -> None:
     asked = replicas_asked(Spy(hpa), hpa, table)
     assert asked[:1] == [2]
     assert max(asked) == 5 and asked[-1] == 5
+
+
+def same(a: object, b: object) -> bool:
+    """Equality of nested dataclasses, mappings and floats, NaN equal to NaN."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+        return type(a) is type(b) and all(
+            same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_same_helper_tells_nan_and_values_apart() -> None:
+    assert same({"x": math.nan}, {"x": math.nan})
+    assert not same({"x": math.nan}, {"x": 1.0})
+    assert not same(Observation.empty(1.0), Observation.empty(2.0))
+
+
+@pytest.mark.parametrize("policy", ["model_based", "all_local"])
+def test_the_simulators_events_replayed_give_the_policys_observations(policy: str) -> None:
+    # model_based moves actions and starts replicas; all_local on flow_analysis runs the
+    # 4 GB node out of memory again and again (failed calls, restarts). The recorded events,
+    # replayed into a fresh builder, give every observation the policy was handed.
+    spy = Spy(make(policy))
+    result = simulate(load_scenario(), spy, app="flow_analysis", duration_s=240, seed=3,
+                      record_events=True)
+    events = result.extra["events"]
+    assert len(events) > 100 and len(spy.seen) == 24
+    again = replay(events, observation_builder(result.scenario))
+    assert len(again) == len(spy.seen)
+    assert all(same(a, b) for a, b in zip(again, spy.seen, strict=True))
+    kinds = {kind for kind, *_ in events}
+    assert {"request_finished", "state", "local"} <= kinds
+    if policy == "all_local":  # use_enc's load fails before any walker gets to call
+        assert result.cost()["oom_events"] > 0 and "out_of_memory" in kinds
+        assert any(o.node.oom_events for o in spy.seen)
+    else:
+        assert {"issued", "dispatched", "started", "finished", "replica_ready"} <= kinds
+
+
+def load_scenario() -> Scenario:
+    return load(Path(__file__).resolve().parents[2] / "experiments" / "scenarios"
+                / "jsorc_loadtest.toml")
