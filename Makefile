@@ -13,7 +13,7 @@ setup: $(STAMP)
 # Re-install only when the package metadata changed: `make setup` is quick when nothing did.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,devcluster]'
 	touch $(STAMP)
 
 # Real Jaseci 1.4 for the interop tests (tests/jsorc_live/test_jaseci_interop.py), in its own
