@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Fresh clone: ../shared/traces sits beside the repository (CI lays it there too).
 export JSORC_TRACES ?= $(abspath ../shared/traces)
 
-.PHONY: setup jaseci-env demo demo-live test lint typecheck bench results clean
+.PHONY: setup jaseci-env demo demo-live demo-kube test lint typecheck bench results clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ demo: setup
 # The live system on this machine: a real jsorc server, replica processes, two policies.
 demo-live: setup
 	$(BIN)/python experiments/demo_live.py
+
+# The kube backend against a dev cluster on this machine (API emulator + stand-in kubelet).
+demo-kube: setup
+	$(BIN)/python experiments/demo_kube.py
 
 lint: setup
 	$(BIN)/ruff check policies jsorc_sim jsorc_live tests experiments benchmarks notebooks

@@ -369,6 +369,16 @@ def render_demo_live(run: Run) -> str:
     return fence(paragraph(run.stdout, "JSORC benchmark reports, live"))
 
 
+def render_demo_kube(run: Run) -> str:
+    """experiments/demo_kube.py: the whole transcript from the first kubectl view (the
+    cluster's URL and temporary paths above it change every run)."""
+    text = run.stdout
+    start = text.find("$ kubectl get")
+    if start < 0:
+        raise ExtractError("no kubectl view in the output")
+    return fence(text[start:].rstrip())
+
+
 def render_bench_sim(run: Run) -> str:
     """benchmarks/bench_sim.py: the calls/s table (medians) and the 10^6-call sentence, read
     from its printed summary."""
@@ -449,6 +459,8 @@ BLOCKS: tuple[Block, ...] = (
     Block("demo_live", ("python", "experiments/demo_live.py"), render_demo_live,
           volatile=True, timeout_s=900.0),
     # The benchmarks last, when nothing else of this script runs.
+    Block("demo_kube", ("python", "experiments/demo_kube.py"), render_demo_kube,
+          volatile=True, timeout_s=900.0),
     Block("bench_sim", ("python", "benchmarks/bench_sim.py"), render_bench_sim,
           volatile=True),
     Block("bench_experiment", ("python", "benchmarks/bench_experiment.py"),

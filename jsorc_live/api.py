@@ -7,7 +7,9 @@ admin API lives under /jsorc/ and needs the token (`Authorization: token T` or `
 401 without one, 403 with a wrong one. Every endpoint takes a JSON object (malformed: 400).
 
 Answers keep JSORC's shapes: `{"success": true, "action_status": {"mode": ...,
-"remote": {"url": ..., "status": "STARTING|READY"}}}`.
+"remote": {"url": ..., "status": "STARTING|READY"}}}`. Jaseci 1.4's own paths alias the admin
+API for `jsctl` and JSORC's clients (`/js_admin/<op>`, `/js/walker_run`, `POST /user/token/`
+with the admin's email and password): jsorc_live.jaseci_api.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -34,8 +37,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import policies
-from jsorc_live.backend import Backend
+from jsorc_live.backend import Backend, PersistentBackend
 from jsorc_live.controller import Controller, LiveObserver, apply_to_runtime, params_of
+from jsorc_live.jaseci_api import JaseciApi, add_routes
+from jsorc_live.jaseci_login import AdminCredentials
+from jsorc_live.jaseci_ops import MANUAL_POLICIES, registered_policy
+from jsorc_live.kube.settings import (
+    KubeSettings,
+    KubeSettingsError,
+    check_namespace,
+    parse_kube_settings,
+)
 from jsorc_live.ops import Ops
 from jsorc_live.runtime import (
     ActionInfo,
@@ -60,18 +72,25 @@ UNLOAD_MODES = {"auto": None, "module": Mode.LOCAL, "local": Mode.LOCAL, "remote
 
 @dataclass
 class Settings:
-    """The META_CONFIG-like document `config get/set` reads and writes."""
+    """The META_CONFIG-like document `config get/set` reads and writes.
+
+    `kubernetes` is false (the process backend) or the kube backend's KubeSettings, and
+    `namespace` the namespace it manages: both are chosen at start (`jsorc serve --backend
+    kube --kubeconfig F --namespace NS`); setting them to another value later is refused.
+    """
 
     automation: bool = False
     backoff_interval: float = 10.0
     namespace: str = "default"
     keep_alive: tuple[str, ...] = ()
-    kubernetes: bool = False
+    kubernetes: KubeSettings | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        kube: bool | dict[str, Any] = (False if self.kubernetes is None
+                                       else self.kubernetes.as_dict())
         return {"automation": self.automation, "backoff_interval": self.backoff_interval,
                 "namespace": self.namespace, "keep_alive": list(self.keep_alive),
-                "kubernetes": self.kubernetes}
+                "kubernetes": kube}
 
     def set(self, name: str, value: Any) -> None:
         """Set one field from a JSON value or a command-line string, checked."""
@@ -83,13 +102,20 @@ class Settings:
                 value = json.loads(value)
             except json.JSONDecodeError:
                 value = [v for v in value.split(",") if v] if name == "keep_alive" else value
-        if name in ("automation", "kubernetes"):
+        if name == "automation":
             if not isinstance(value, bool):
                 raise RuntimeRefusal(f"config {name} must be true or false, got {value!r}")
-            if name == "kubernetes" and value:
-                raise RuntimeRefusal("the kubernetes backend is not built yet; only the "
-                                     "process backend runs", 409)
-            setattr(self, name, value)
+            self.automation = value
+        elif name == "kubernetes":
+            try:
+                kube = parse_kube_settings(value)
+            except KubeSettingsError as exc:
+                raise RuntimeRefusal(str(exc)) from None
+            if kube != self.kubernetes:
+                raise RuntimeRefusal("the backend is chosen at start: restart with `jsorc "
+                                     "serve --backend kube [--kubeconfig F] [--context C]`"
+                                     if kube else "the kube backend is running; restart "
+                                     "with `jsorc serve --backend process`", 409)
         elif name == "backoff_interval":
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value) or value <= 0:
@@ -100,6 +126,10 @@ class Settings:
             if not isinstance(value, str) or not value:
                 raise RuntimeRefusal(f"config namespace must be a non-empty string, "
                                      f"got {value!r}")
+            if self.kubernetes is not None and value != self.namespace:
+                raise RuntimeRefusal(f"the kube backend manages namespace {self.namespace!r}, "
+                                     "chosen at start: restart with `jsorc serve --namespace "
+                                     f"{value}`", 409)
             self.namespace = value
         else:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -122,7 +152,8 @@ def info_of(cfg: Any) -> ActionInfo:
                       remote_memory_mb=float(cfg.remote_memory_mb),
                       default_mode=Mode.REMOTE if default == "remote" else Mode.LOCAL,
                       setup=dict(getattr(cfg, "setup", {}) or {}),
-                      replica_cores=max(1, math.ceil(float(getattr(cfg, "remote_cores", 1)))))
+                      replica_cores=max(1, math.ceil(float(getattr(cfg, "remote_cores", 1)))),
+                      kubernetes=cfg.kubernetes() if hasattr(cfg, "kubernetes") else None)
 
 
 class JsorcService:
@@ -137,8 +168,13 @@ class JsorcService:
         self.settings = settings or Settings()
         self._lock = threading.Lock()
         self._closed = False
+        # The name as it was given (JSORC's `Evaluation` is echoed back as set), and the
+        # registered policy with its parameters that the controller is rebuilt from.
         self.policy_name = policy
-        self.controller = self._controller(policies.make(policy, {}))
+        self._policy_ref = registered_policy(policy)
+        self._policy_params: dict[str, Any] = {}
+        self._controller_starts = 1
+        self.controller = self._controller(policies.make(self._policy_ref, {}))
         self.observer = LiveObserver(runtime, backend)
         self.controller.start(self.observer.observe, lambda: self.settings.backoff_interval,
                               lambda: self.settings.automation)
@@ -153,12 +189,31 @@ class JsorcService:
         if not MODULE_NAME.match(config):
             raise RuntimeRefusal(f"config must be a module name like "
                                  f"jsorc_live.actions.config, got {config!r}")
-        self.runtime.configure(self._load_config(config, name))
-        return {"success": True, "message": f"config of {name} loaded from {config}",
-                "action_status": self.runtime.router(name).status()}
+        info = self._load_config(config, name)
+        known = self.runtime.routers.get(name)
+        if known is not None and known.info == info:
+            # The same config again changes nothing (JSORC's clients configure before every
+            # load), so it is no reason to refuse while the action is loaded.
+            router, message = known, f"config of {name} from {config}: unchanged"
+        else:
+            self.runtime.configure(info)
+            router = self.runtime.router(name)
+            message = f"config of {name} loaded from {config}"
+        adopted = (self.backend.adopted().get(name, 0)
+                   if isinstance(self.backend, PersistentBackend) else 0)
+        if adopted and router.desired.mode is Mode.UNLOADED:
+            # A previous controller left this action's replicas running: take them over
+            # rather than start new ones (the backend hands the running pods out).
+            router.set_placement(Placement.remote(adopted))
+            message += f"; adopted its {adopted} running replica(s)"
+        return {"success": True, "message": message, "action_status": router.status()}
 
     def actions_load(self, name: str, mode: str, url: str | None = None,
-                     replicas: int = 1) -> dict[str, Any]:
+                     replicas: int | None = None) -> dict[str, Any]:
+        """Load `name` as a module or as remote replicas (`replicas`, default 1; `url`
+        attaches a running server instead). Idempotent, as JSORC's: the same mode again
+        answers the current status (how JSORC's clients poll a remote load until READY),
+        and another replica count (or server) in the same mode is a scale (or a move)."""
         router = self.runtime.router(name)
         wanted = _mode(mode, LOAD_MODES, "load")
         self._manual_allowed()
@@ -166,14 +221,21 @@ class JsorcService:
             raise RuntimeRefusal("url attaches an action server: use it with -mode remote")
         if url is not None and not re.match(r"^https?://[^\s/]+", url):
             raise RuntimeRefusal(f"url must be http(s)://host:port, got {url!r}")
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
+                                     or replicas < 1):
             raise RuntimeRefusal(f"replicas must be an int >= 1, got {replicas!r}")
+        if url is not None and replicas not in (None, 1):
+            raise RuntimeRefusal("an attached server (url) is one replica: leave replicas out")
+        have = router.desired
+        if have.mode is wanted:
+            remote = router.status().get("remote") or {}
+            attached = remote.get("url") if remote.get("attached") else None
+            if wanted is Mode.LOCAL or (replicas in (None, have.replicas)
+                                        and url in (None, attached)):
+                return {"success": True, "action_status": router.status()}
         if url is None and wanted is Mode.REMOTE and self.backend is None:
             raise RuntimeRefusal("no backend to start replicas with: give a url", 409)
-        if router.desired.mode is wanted:
-            label = "module" if wanted is Mode.LOCAL else "remote"
-            raise RuntimeRefusal(f"action {name!r} is already loaded as {label}; unload it "
-                                 "first", 409)
+        replicas = replicas or 1
         if wanted is Mode.LOCAL:
             router.set_placement(Placement.local())
             # Module loads answer when the module is in (JSORC's behaviour); remote loads
@@ -186,7 +248,12 @@ class JsorcService:
         return {"success": True, "action_status": router.status()}
 
     def actions_status(self, name: str) -> dict[str, Any]:
-        return {"success": True, "action_status": self.runtime.router(name).status()}
+        status = self.runtime.router(name).status()
+        if isinstance(self.backend, PersistentBackend):
+            described = self.backend.describe(name)
+            if described:
+                status["kubernetes"] = described
+        return {"success": True, "action_status": status}
 
     def actions_unload(self, name: str, mode: str = "auto") -> dict[str, Any]:
         router = self.runtime.router(name)
@@ -202,31 +269,53 @@ class JsorcService:
         return {"success": True, "action_status": router.status()}
 
     def _manual_allowed(self) -> None:
-        if self.settings.automation:
-            raise RuntimeRefusal("automation is on: the action policy places actions; "
-                                 "`jsorc config set automation false` first", 409)
+        # JSORC's Default policy places nothing, so with it automation on still leaves loads
+        # to the user (JSORC's own tests load actions with JSORC on); any other policy would
+        # undo a manual move at its next step.
+        if self.settings.automation and self._policy_ref not in MANUAL_POLICIES:
+            raise RuntimeRefusal(f"automation is on and policy {self.policy_name} places "
+                                 "actions; `jsorc config set automation false` (or the "
+                                 "default policy) first", 409)
 
     # ----------------------------------------------------------------- policy
 
     def actionpolicy_set(self, policy_name: str, policy_params: Mapping[str, Any]
                          ) -> dict[str, Any]:
+        """Set the policy by a registered name or import path, or by JSORC's name in any
+        case (`Evaluation`: evaluation); `actionpolicy_get` echoes the name as given."""
         if not isinstance(policy_params, Mapping):
             raise RuntimeRefusal("policy_params must be an object of name: value")
+        ref = registered_policy(policy_name)
         try:
-            policy = policies.make(policy_name, dict(policy_params))
+            policy = policies.make(ref, dict(policy_params))
         except (policies.PolicyError, PlacementError, TypeError, ValueError) as exc:
             raise RuntimeRefusal(str(exc)) from None
         with self._lock:
-            old = self.controller
-            old.stop()
-            self.policy_name = policy_name
-            self.controller = self._controller(policy)
-            self.controller.decisions[:0] = old.decisions
-            self.controller.events[:0] = old.events
-            self.controller.start(self.observer.observe,
-                                  lambda: self.settings.backoff_interval,
-                                  lambda: self.settings.automation)
+            self.policy_name, self._policy_ref = policy_name, ref
+            self._policy_params = dict(policy_params)
+            self._replace_controller(policy)
         return self.actionpolicy_get()
+
+    def restart_controller(self) -> None:
+        """A new controller with a fresh copy of the policy (its state reset), as JSORC's
+        MetaService reset did; the decision log carries over."""
+        with self._lock:
+            self._replace_controller(policies.make(self._policy_ref, self._policy_params))
+
+    def controller_info(self) -> dict[str, Any]:
+        return {"policy": self.policy_name, "starts": self._controller_starts,
+                "automation": self.settings.automation,
+                "backoff_interval": self.settings.backoff_interval}
+
+    def _replace_controller(self, policy: policies.Policy) -> None:
+        old = self.controller
+        old.stop()
+        self.controller = self._controller(policy)
+        self.controller.decisions[:0] = old.decisions
+        self.controller.events[:0] = old.events
+        self._controller_starts += 1
+        self.controller.start(self.observer.observe, lambda: self.settings.backoff_interval,
+                              lambda: self.settings.automation)
 
     def actionpolicy_get(self) -> dict[str, Any]:
         params = {k: _plain(v) for k, v in params_of(self.controller.policy).items()}
@@ -297,6 +386,8 @@ class JsorcService:
             return
         self._closed = True
         self.controller.stop()
+        if isinstance(self.backend, PersistentBackend) and self.backend.detach():
+            log.warning("leaving the replicas running for the next controller to adopt")
         self.runtime.close()
         if self.backend is not None:
             self.backend.shutdown()
@@ -353,8 +444,10 @@ def _refuse(status: int, message: str) -> JSONResponse:
     return JSONResponse({"success": False, "message": message}, status_code=status)
 
 
-def make_app(service: JsorcService, token: str) -> FastAPI:
-    """The FastAPI app around `service`; admin calls need `token`."""
+def make_app(service: JsorcService, token: str, *,
+             credentials: AdminCredentials | None = None) -> FastAPI:
+    """The FastAPI app around `service`; admin calls need `token`. Jaseci's paths
+    (jsorc_live.jaseci_api) alias the admin API, and `credentials` turn on their login."""
     if not token:
         raise ValueError("an admin token is required (set JSORC_TOKEN)")
 
@@ -362,6 +455,7 @@ def make_app(service: JsorcService, token: str) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(ops.start)  # keep-alive services
         yield
+        await run_in_threadpool(jaseci.close)  # its tracksys state recorder
         await run_in_threadpool(ops.close)
         await run_in_threadpool(service.close)
 
@@ -426,7 +520,7 @@ def make_app(service: JsorcService, token: str) -> FastAPI:
     table: dict[str, Handler] = {
         "/jsorc/actions/config": lambda d: s.actions_config(_str(d, "name"), _str(d, "config")),
         "/jsorc/actions/load": lambda d: s.actions_load(
-            _str(d, "name"), _str(d, "mode"), d.get("url"), d.get("replicas", 1)),
+            _str(d, "name"), _str(d, "mode"), d.get("url"), d.get("replicas")),
         "/jsorc/actions/status": lambda d: s.actions_status(_str(d, "name")),
         "/jsorc/actions/unload": lambda d: s.actions_unload(_str(d, "name"),
                                                             d.get("mode", "auto")),
@@ -447,6 +541,10 @@ def make_app(service: JsorcService, token: str) -> FastAPI:
     for path, handler in table.items():
         route(path, handler)
     route("/walker_run", walker_run, admin=False)
+    # Jaseci's /js_admin/<op>, /js/walker_run and /user/token/ (jsctl, JSORC's clients).
+    jaseci = JaseciApi(service, ops, token=token, credentials=credentials)
+    add_routes(app, jaseci, authorised=authorised, walker_run=walker_run)
+    app.state.jaseci_api = jaseci
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
@@ -509,15 +607,21 @@ def connect_remote(replica: Replica, timeout_s: float = 60.0) -> Invoker:
 
 
 def build_service(token: str, *, backend: str = "process", config: str | None = None,
-                  policy: str = "default") -> tuple[JsorcService, FastAPI]:
+                  policy: str = "default", kube: KubeSettings | None = None,
+                  namespace: str = "default",
+                  kube_options: Mapping[str, Any] | None = None
+                  ) -> tuple[JsorcService, FastAPI]:
     """The service and its app over the real parts: jsorc_live.actions' loader and client,
-    and the process backend. `config` configures every action of that config module."""
+    and the process backend or the kube one (`kube`: its settings, default kubeconfig when
+    None; `namespace`; `kube_options`: KubeBackend's tuning). `config` configures every
+    action of that config module. A kube backend that cannot reach its cluster raises
+    jsorc_live.kube.KubeError (one line)."""
     from jsorc_live.actions import config as configs
     from jsorc_live.actions.loader import AllowList, LocalModule
     from jsorc_live.backend import ProcessBackend
 
-    if backend != "process":
-        raise RuntimeRefusal(f"backend {backend!r} is not built yet; use process")
+    if backend not in ("process", "kube"):
+        raise RuntimeRefusal(f"unknown backend {backend!r}; use process or kube")
 
     # Config modules come from the operator (the default and `serve --config`), never from a
     # request; a configured action's module joins the loader's allow-list.
@@ -536,13 +640,31 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
         return LocalModule.load(info.module, allow=allow, setup=info.setup)
 
     holder: dict[str, Runtime] = {}
-    processes = ProcessBackend(on_dead=lambda r: holder["runtime"].replica_died(r))
-    runtime = Runtime(load_local=load_local, connect=connect_remote, replicas=processes,
+
+    def on_dead(replica: Replica) -> None:
+        holder["runtime"].replica_died(replica)
+
+    replicas: Backend
+    settings = Settings()
+    if backend == "kube":
+        from jsorc_live.kube import KubeBackend
+        from jsorc_live.kube.client import resolved
+
+        settings.kubernetes = resolved(kube or KubeSettings())  # as META_CONFIG would say
+        settings.namespace = check_namespace(namespace)
+        replicas = KubeBackend.connect(settings.kubernetes, namespace, on_dead=on_dead,
+                                       **dict(kube_options or {}))
+    else:
+        replicas = ProcessBackend(on_dead=on_dead)
+    runtime = Runtime(load_local=load_local, connect=connect_remote, replicas=replicas,
                       walkers=loadtest_walkers())
     holder["runtime"] = runtime
-    service = JsorcService(runtime, processes, load_config=load_config, policy=policy)
+    service = JsorcService(runtime, replicas, load_config=load_config, policy=policy,
+                           settings=settings)
     if config is not None:
         module = importlib.import_module(config)
         for name in sorted(getattr(module, "ACTION_CONFIGS", {})):
             service.actions_config(name, config)
-    return service, make_app(service, token)
+    # jsctl's login: the admin's email and password, from the environment of `jsorc serve`.
+    credentials = AdminCredentials.from_env(os.environ)
+    return service, make_app(service, token, credentials=credentials)

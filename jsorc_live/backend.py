@@ -1,4 +1,4 @@
-"""Where remote replicas come from: the process backend (Kubernetes comes later).
+"""Where remote replicas come from: the process backend (Kubernetes: jsorc_live/kube).
 
 A replica is an action server, `python -m jsorc_live.actions.server MODULE --host 127.0.0.1
 --port P`, on a free loopback port. It is ready when its spec endpoint
@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -50,6 +50,19 @@ class Backend(Protocol):
     def healthy(self, replica: Replica) -> bool: ...
 
     def shutdown(self) -> None: ...
+
+
+@runtime_checkable
+class PersistentBackend(Backend, Protocol):
+    """A backend whose replicas can outlive this process (the kube backend's Deployments):
+    a restarted jsorc finds them (`adopted`: action -> replicas nobody holds yet), and at
+    shutdown `detach` (before the runtime unloads) says whether they are kept."""
+
+    def adopted(self) -> dict[str, int]: ...
+
+    def detach(self) -> bool: ...
+
+    def describe(self, action: str) -> dict[str, Any]: ...
 
 
 def free_port(host: str = "127.0.0.1") -> int:

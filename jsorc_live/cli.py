@@ -1,6 +1,8 @@
 """`jsorc`: serve the live runtime, and JSORC's admin commands against a running server.
 
-    jsorc serve [--host 127.0.0.1] [--port 8000] [--backend process] [--config MODULE]
+    jsorc serve [--host 127.0.0.1] [--port 8000] [--backend process|kube] [--config MODULE]
+                [--kubeconfig FILE] [--context NAME] [--in-cluster] [--namespace NS]
+                [--keep-on-shutdown]
     jsorc actions config NAME CONFIG
     jsorc actions load NAME -mode module|remote [--url URL] [--replicas N]
     jsorc actions status NAME
@@ -11,9 +13,12 @@
     jsorc config get [NAME] | set NAME VALUE
     jsorc walker run NAME [--ctx JSON]
     jsorc status
+    jsorc devcluster --kubeconfig FILE [--port P] [--namespace NS] [--log-dir DIR]
 
 Every client command takes `--server URL` (or JSORC_URL, default http://127.0.0.1:8000),
 `--token T` (or JSORC_TOKEN) and `--json`. A refusal prints one line and exits with 2.
+`jsorc serve` with JSORC_ADMIN_EMAIL and JSORC_ADMIN_PASSWORD set also lets Jaseci's
+`jsctl login` in (jsorc_live.jaseci_api).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "loadtest":
             return loadtest.run(args, post)
+        if args.command == "devcluster":
+            return devcluster(args)
         answer = run_command(args)
     except (Refused, loadtest.LoadtestError) as exc:
         print(f"jsorc: {exc}", file=sys.stderr)
@@ -72,8 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p = sub.add_parser("serve", help="run the runtime and the JSORC API")
     serve_p.add_argument("--host", default="127.0.0.1")
     serve_p.add_argument("--port", type=int, default=8000)
-    serve_p.add_argument("--backend", choices=["process"], default="process",
-                         help="where remote replicas run (kubernetes: not built yet)")
+    serve_p.add_argument("--backend", choices=["process", "kube"], default="process",
+                         help="where remote replicas run: action-server processes here, "
+                              "or Deployments in a Kubernetes namespace")
+    kube = serve_p.add_argument_group("kube backend")
+    kube.add_argument("--kubeconfig", default=None,
+                      help="kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+    kube.add_argument("--context", default=None, help="kubeconfig context (default: current)")
+    kube.add_argument("--in-cluster", action="store_true",
+                      help="use the pod's service account instead of a kubeconfig")
+    kube.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE") or "default",
+                      help="namespace to manage (default $POD_NAMESPACE or default)")
+    kube.add_argument("--keep-on-shutdown", action="store_true",
+                      help="leave the Deployments running at exit for the next jsorc to adopt")
     serve_p.add_argument("--token", default=os.environ.get("JSORC_TOKEN"),
                          help="admin token (default $JSORC_TOKEN; required)")
     serve_p.add_argument("--config", default=None,
@@ -90,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("name")
     a.add_argument("-mode", "--mode", required=True, choices=["module", "local", "remote"])
     a.add_argument("--url", default=None, help="attach this running action server")
-    a.add_argument("--replicas", type=int, default=1)
+    a.add_argument("--replicas", type=int, default=None,
+                   help="remote replicas (default 1; on a remote action: scale to N)")
     a = actions.add_parser("status", parents=[client], help="an action's status")
     a.add_argument("name")
     a = actions.add_parser("unload", parents=[client], help="unload an action")
@@ -130,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[client], help="every action at a glance")
     loadtest.add_parser(sub, client)
     ops_cli.add_commands(sub, client, serve_p)  # tracksys, service, serve --keep-alive
+
+    dev = sub.add_parser(
+        "devcluster", help="a Kubernetes dev cluster on this machine, for the kube backend",
+        description="Run a Kubernetes API emulator on 127.0.0.1 and a stand-in kubelet that "
+                    "runs each Deployment's pods as real processes, each on its own loopback "
+                    "address (127.0.X.N). Writes a kubeconfig for kubectl and the Python "
+                    "client; runs until SIGINT/SIGTERM, then stops every pod it started. "
+                    "Needs the devcluster extra: pip install -e '.[devcluster]'.")
+    dev.add_argument("--kubeconfig", required=True, type=Path,
+                     help="where to write the kubeconfig (context jsorc-dev)")
+    dev.add_argument("--port", type=int, default=0,
+                     help="API port on 127.0.0.1 (default 0: a free one, printed)")
+    dev.add_argument("--namespace", default="jsorc",
+                     help="namespace created at start, besides default (default jsorc)")
+    dev.add_argument("--log-dir", type=Path, default=None,
+                     help="keep pod logs here (default: a temporary folder, removed at exit)")
+    dev.add_argument("--log-level", default="warning")
     return parser
 
 
@@ -145,7 +181,9 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
         if verb == "config":
             body["config"] = args.config
         elif verb == "load":
-            body.update(mode=args.mode, replicas=args.replicas)
+            body["mode"] = args.mode
+            if args.replicas is not None:
+                body["replicas"] = args.replicas
             if args.url:
                 body["url"] = args.url
         elif verb == "unload":
@@ -295,15 +333,25 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from jsorc_live.api import build_service
+    from jsorc_live.kube import KubeError, KubeSettings
 
     if not args.token:
         fail("serve needs an admin token: pass --token or set JSORC_TOKEN")
+    kube_flags = (args.kubeconfig, args.context, args.in_cluster, args.keep_on_shutdown)
+    if args.backend != "kube" and any(kube_flags):
+        fail("--kubeconfig, --context, --in-cluster and --keep-on-shutdown need --backend kube")
+    if args.in_cluster and args.kubeconfig:
+        fail("give --in-cluster or --kubeconfig, not both")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kube = KubeSettings(in_cluster=args.in_cluster, config=args.kubeconfig,
+                        context=args.context, keep_on_shutdown=args.keep_on_shutdown)
     try:
         service, app = build_service(args.token, backend=args.backend, config=args.config,
-                                     policy=args.policy)
+                                     policy=args.policy, kube=kube, namespace=args.namespace)
         ops_cli.serving(app, args)  # the URL Prometheus scrapes; --keep-alive
+    except (KubeError, ValueError) as exc:  # a bad kubeconfig, cluster or namespace
+        fail(f"cannot start: {exc}")
     except Exception as exc:
         fail(f"cannot start: {type(exc).__name__}: {exc}")
     print(f"jsorc serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
@@ -312,6 +360,16 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         service.close()
     return 0
+
+
+def devcluster(args: argparse.Namespace) -> int:
+    try:
+        from jsorc_live.devcluster.cli import run
+    except ModuleNotFoundError as exc:
+        if exc.name in ("kmock", "aiohttp", "yaml"):
+            fail(f"devcluster needs {exc.name}: pip install -e '.[devcluster]'")
+        raise
+    return run(args)
 
 
 def fail(message: str) -> NoReturn:

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from jsorc_live.metrics import HttpByteCounters, HttpBytes, RuntimeMetrics
 from jsorc_live.runtime import RuntimeRefusal
 from jsorc_live.services import MetaService, ScrapeTarget, ServiceError
-from jsorc_live.tracksys import TrackSys, TrackSysError
+from jsorc_live.tracksys import PodScope, TrackSys, TrackSysError
 
 if TYPE_CHECKING:
     from jsorc_live.api import JsorcService
@@ -44,9 +44,17 @@ class Ops:
                  scrape_interval_s: float = 1.0) -> None:
         self.service = service
         self.runtime_url = runtime_url
-        self.meta = meta(lambda: service.settings.keep_alive, self.targets,
-                         scrape_interval_s=scrape_interval_s)
-        self.tracksys = TrackSys(self.targets, lambda: self.meta.url("prometheus"),
+
+        def new_meta() -> MetaService:
+            return meta(lambda: service.settings.keep_alive, self.targets,
+                        scrape_interval_s=scrape_interval_s)
+
+        self._new_meta = new_meta
+        self.meta = new_meta()
+        # A Prometheus that runs beside jsorc (a cluster's: `serve --prometheus-url`); else
+        # the kept-alive one.
+        self.prometheus_url: str | None = None
+        self.tracksys = TrackSys(self.targets, self._prometheus, pods=self._pods,
                                  why_no_prometheus=self._why_no_prometheus)
 
     @classmethod
@@ -67,6 +75,14 @@ class Ops:
         self.tracksys.close()
         self.meta.close()
 
+    def restart_services(self) -> dict[str, dict[str, Any]]:
+        """Stop every kept-alive service and start those `keep_alive` names again (JSORC's
+        MetaService reset); their status."""
+        old, self.meta = self.meta, self._new_meta()
+        old.close()
+        self.meta.start()
+        return self.meta.status()
+
     # ----------------------------------------------------------------- targets
 
     def targets(self) -> list[ScrapeTarget]:
@@ -80,6 +96,14 @@ class Ops:
             for url in dict.fromkeys([*remote.get("replicas", []), *pids]):
                 out.append(ScrapeTarget(url, "replica", name, pids.get(url)))
         return out
+
+    def _prometheus(self) -> str | None:
+        return self.prometheus_url or self.meta.url("prometheus")
+
+    def _pods(self) -> PodScope | None:
+        """With the kube backend, tracksys measures the pods of its namespace."""
+        settings = self.service.settings
+        return None if settings.kubernetes is None else PodScope(settings.namespace)
 
     def _why_no_prometheus(self) -> str:
         status = self.meta.status().get("prometheus")
@@ -129,10 +153,14 @@ def _name(d: Mapping[str, Any]) -> str:
     return name
 
 
-def serving(app: FastAPI, host: str, port: int, keep_alive: str | None = None) -> None:
-    """`jsorc serve` is about to serve `app` on host:port: Prometheus scrapes it there, and
-    `--keep-alive a,b` sets the keep_alive config."""
+def serving(app: FastAPI, host: str, port: int, keep_alive: str | None = None,
+            prometheus_url: str | None = None) -> None:
+    """`jsorc serve` is about to serve `app` on host:port: Prometheus scrapes it there,
+    `--keep-alive a,b` sets the keep_alive config, and `--prometheus-url` names a Prometheus
+    that runs beside jsorc (tracksys reads it before any kept-alive one)."""
     ops: Ops = app.state.jsorc_ops
+    if prometheus_url:
+        ops.prometheus_url = prometheus_url.rstrip("/")
     scrape_host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     if ":" in scrape_host:
         scrape_host = f"[{scrape_host}]"

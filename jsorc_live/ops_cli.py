@@ -2,7 +2,7 @@
 
     jsorc tracksys start | stop | report
     jsorc service refresh NAME | status
-    jsorc serve ... --keep-alive prometheus,redis
+    jsorc serve ... --keep-alive prometheus,redis --prometheus-url URL
 
 Client side only: this module imports neither the server nor its services.
 """
@@ -10,6 +10,7 @@ Client side only: this module imports neither the server nor its services.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,10 +23,15 @@ Post = Callable[[argparse.Namespace, str, dict[str, Any]], dict[str, Any]]
 
 def add_commands(sub: Any, client: argparse.ArgumentParser,
                  serve: argparse.ArgumentParser) -> None:
-    """Add `tracksys` and `service` to the `jsorc` subcommands and --keep-alive to serve."""
+    """Add `tracksys` and `service` to the `jsorc` subcommands, and --keep-alive and
+    --prometheus-url to serve."""
     serve.add_argument("--keep-alive", default=None, metavar="NAMES",
                        help="keep these services alive (comma-separated: prometheus,redis); "
                             "sets the keep_alive config")
+    serve.add_argument("--prometheus-url", default=os.environ.get("JSORC_PROMETHEUS_URL"),
+                       type=_http_url, metavar="URL",
+                       help="a Prometheus running beside jsorc, for tracksys (in a cluster: "
+                            "it scrapes cAdvisor); default $JSORC_PROMETHEUS_URL")
     track = sub.add_parser("tracksys", help="CPU, memory and network of the runtime and "
                            "every replica over a window").add_subparsers(dest="verb",
                                                                          required=True)
@@ -36,6 +42,12 @@ def add_commands(sub: Any, client: argparse.ArgumentParser,
     a = service.add_parser("refresh", parents=[client], help="restart a keep-alive service")
     a.add_argument("name")
     service.add_parser("status", parents=[client], help="every keep-alive service")
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or value.endswith("://"):
+        raise argparse.ArgumentTypeError(f"expected an http(s):// URL, got {value!r}")
+    return value
 
 
 def run_command(args: argparse.Namespace, post: Post) -> dict[str, Any]:
@@ -94,7 +106,8 @@ def services_table(services: dict[str, Any]) -> str:
 
 
 def serving(app: Any, args: argparse.Namespace) -> None:
-    """`jsorc serve`: tell the app where it serves and apply --keep-alive."""
+    """`jsorc serve`: tell the app where it serves and apply --keep-alive and
+    --prometheus-url."""
     from jsorc_live.ops import serving as ops_serving
 
-    ops_serving(app, args.host, args.port, args.keep_alive)
+    ops_serving(app, args.host, args.port, args.keep_alive, args.prometheus_url)

@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from jsorc_live.signals import LiveSignals, machine_memory_mb, node_cores
 from policies import Mode, Placement
 from policies.observe import LOCAL, REMOTE
 from policies.observe import ActionInfo as Sizes
+
+if TYPE_CHECKING:
+    from jsorc_live.actions.config import KubernetesSpec
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +132,22 @@ class RemoteClient(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Replica:
-    """One remote replica: an action server at `url`; `pid` is None when not ours to stop."""
+    """One remote replica: an action server at `url`.
+
+    A backend names the replicas it runs: the process backend by `pid`, the Kubernetes
+    backend by `pod` (a pod's processes are not ours to measure). A replica with neither is
+    an attached server: not ours to stop.
+    """
 
     action: str
     url: str
     pid: int | None = None
+    pod: str | None = None
+
+    @property
+    def owned(self) -> bool:
+        """A backend started it (and stops it); False for an attached server."""
+        return self.pid is not None or self.pod is not None
 
 
 class ReplicaSource(Protocol):
@@ -163,6 +177,7 @@ class ActionInfo:
     default_mode: Mode = Mode.LOCAL
     setup: Mapping[str, Any] = field(default_factory=dict)  # the module's setup() arguments
     replica_cores: int = 1  # cores of one remote replica: the calls it serves at once
+    kubernetes: KubernetesSpec | None = None  # a Kubernetes replica's container
 
     def __post_init__(self) -> None:
         cores = self.replica_cores
@@ -615,8 +630,8 @@ class Router:
                 self._cond.notify_all()
 
     def _stop_replica(self, replica: Replica) -> None:
-        """Stop a replica of ours (an attached one, pid None, is not ours to stop)."""
-        if self._replicas is not None and replica.pid is not None:
+        """Stop a replica of ours (an attached one is not ours to stop)."""
+        if self._replicas is not None and replica.owned:
             try:
                 self._replicas.stop_replica(replica)
             except Exception:  # stopping is best effort; the backend's shutdown sweeps
@@ -742,7 +757,7 @@ class Router:
     def _link_gone(self, link: _Link) -> bool:
         """A replica of ours that did not answer and that the backend finds unhealthy.
         An attached server (not ours) stays in rotation: we cannot replace it."""
-        if link.replica.pid is None or self._replicas is None:
+        if not link.replica.owned or self._replicas is None:
             return False
         return not self._replicas.healthy(link.replica)
 

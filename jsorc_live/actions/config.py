@@ -36,6 +36,8 @@ __all__ = [
     "action_scale",
     "example_configs",
     "load_action_config",
+    "parse_cpu",
+    "parse_memory_mb",
     "scaled_memory_mb",
     "server_command",
 ]
@@ -66,8 +68,42 @@ REAL_MEMORY_MB: Mapping[str, float] = {
 #: for 80 MB of weights), rounded up.
 SERVER_OVERHEAD_MB = 70.0
 
-#: Image the Kubernetes backend will run; built from this package (not published yet).
-DEFAULT_IMAGE = "jsorc-actions:0.1.0"
+#: Image the Kubernetes backend runs; built from this package (not published yet).
+DEFAULT_IMAGE = "jsorc/action-server:0.1.0"
+
+#: jac-splice-orc's per-module keys, read as aliases by :meth:`ActionConfig.from_dict`:
+#: ``lib_mem_size_req`` ("2Gi") is a replica's memory, ``lib_cpu_req`` ("500m") its CPU,
+#: ``load_type`` (local/remote) the mode a first call loads the action in.
+SPLICE_ALIASES: Mapping[str, str] = {"lib_mem_size_req": "remote_memory_mb",
+                                     "lib_cpu_req": "remote_cores", "load_type": "default_mode"}
+MODES = ("local", "remote")
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_DECIMAL = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*$")
+
+
+def parse_memory_mb(value: object) -> float:
+    """A Kubernetes memory quantity in MB (MiB): "2Gi" -> 2048, "512Mi" -> 512, "1G" ->
+    953.67, a bare number of bytes. A number (not a string) is taken as MB already."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _QUANTITY.match(value) if isinstance(value, str) else None
+    unit = match.group(2) if match else ""
+    if match is None or (unit and unit not in _BINARY and unit not in _DECIMAL):
+        raise ConfigError(f"memory must be a quantity like 2Gi, 512Mi or 1G, got {value!r}")
+    factor = _BINARY.get(unit) or _DECIMAL.get(unit) or 1
+    return float(match.group(1)) * factor / 2**20
+
+
+def parse_cpu(value: object) -> float:
+    """A Kubernetes CPU quantity in cores: "500m" -> 0.5, "2" -> 2.0; a number is cores."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _QUANTITY.match(value) if isinstance(value, str) else None
+    if match is None or match.group(2) not in ("", "m"):
+        raise ConfigError(f"cpu must be a quantity like 500m or 2, got {value!r}")
+    return float(match.group(1)) / (1000.0 if match.group(2) == "m" else 1.0)
 
 
 class ConfigError(LookupError):
@@ -123,6 +159,9 @@ class ActionConfig:
     serves at once in the observations). ``setup`` is passed to the module's ``setup()``
     locally and remotely (as the server's ``--setup``), so both copies are the same model.
     ``real_memory_mb`` is the real model's figure when this one is scaled down.
+    ``default_mode`` (local/remote) is where a first call to an unloaded action loads it.
+    ``image``, ``port`` and ``container_command`` are a Kubernetes replica's container: the
+    command defaults to the action server for ``module`` on all interfaces at ``port``.
     """
 
     name: str
@@ -134,8 +173,23 @@ class ActionConfig:
     real_memory_mb: float | None = None
     image: str = DEFAULT_IMAGE
     port: int = 80
+    default_mode: str = "local"
+    container_command: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.default_mode not in MODES:
+            raise ConfigError(f"action {self.name!r}: default_mode (load_type) must be local "
+                              f"or remote, got {self.default_mode!r}")
+        if not isinstance(self.port, int) or isinstance(self.port, bool) \
+                or not 0 < self.port < 65536:
+            raise ConfigError(f"action {self.name!r}: port must be 1-65535, got {self.port!r}")
+        command: object = self.container_command  # from a plain mapping: any JSON value
+        if command is not None:
+            if not isinstance(command, list | tuple) or not command \
+                    or not all(isinstance(c, str) for c in command):
+                raise ConfigError(f"action {self.name!r}: command must be a non-empty list "
+                                  f"of strings, got {command!r}")
+            object.__setattr__(self, "container_command", tuple(command))
         if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", self.module):
             raise ConfigError(f"action {self.name!r}: module {self.module!r} is not a module name")
         for what in ("local_memory_mb", "remote_memory_mb", "remote_cores"):
@@ -159,7 +213,7 @@ class ActionConfig:
         return KubernetesSpec(
             image=self.image,
             port=self.port,
-            command=tuple(
+            command=self.container_command or tuple(
                 server_command(self.module, "0.0.0.0", self.port, setup=self.setup,
                                python="python")
             ),
@@ -169,18 +223,30 @@ class ActionConfig:
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> ActionConfig:
-        """A config from a plain mapping: this class's field names, or jaseci_ai_kit's
-        (``module``, ``local_mem_requirement``; its Kubernetes manifests are not used)."""
+        """A config from a plain mapping: this class's field names, jaseci_ai_kit's
+        (``module``, ``local_mem_requirement``; its Kubernetes manifests are not used), or
+        jac-splice-orc's (:data:`SPLICE_ALIASES`; ``command`` for ``container_command``)."""
         if "module" not in data:
             raise ConfigError(f"action {name!r}: config has no 'module'")
-        local = data.get("local_memory_mb", data.get("local_mem_requirement", 0.0))
-        known = {"remote_cores", "setup", "real_memory_mb", "image", "port"}
+        data = dict(data)
+        for alias, field_name in (*SPLICE_ALIASES.items(), ("command", "container_command")):
+            if alias in data:
+                if field_name in data:
+                    raise ConfigError(f"action {name!r}: give {field_name} or {alias}, not both")
+                data[field_name] = data.pop(alias)
+        local = float(data.get("local_memory_mb", data.get("local_mem_requirement", 0.0)))
+        remote = data.get("remote_memory_mb", local + SERVER_OVERHEAD_MB)
+        known = {"setup", "real_memory_mb", "image", "port", "default_mode",
+                 "container_command"}
+        extra: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+        if "remote_cores" in data:
+            extra["remote_cores"] = parse_cpu(data["remote_cores"])
         return cls(
             name=name,
             module=str(data["module"]),
-            local_memory_mb=float(local),
-            remote_memory_mb=float(data.get("remote_memory_mb", float(local) + SERVER_OVERHEAD_MB)),
-            **{k: v for k, v in data.items() if k in known},
+            local_memory_mb=local,
+            remote_memory_mb=parse_memory_mb(remote),
+            **extra,
         )
 
 
