@@ -16,36 +16,21 @@ Everything through the `jsorc` CLI and kubectl, as a user would.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from jsorc_live import cli
+from demo_live import jsorc, server  # the same `jsorc` CLI calls and server start
 
 NAMESPACE = "jsorc"
 APP = "flow_analysis"
 ACTIONS = ("text_seg", "tfm_ner", "use_enc")
-
-
-def jsorc(url: str, token: str, *argv: str) -> Any:
-    """Run one `jsorc` command in-process and return its JSON answer (exit on refusal)."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        code = cli.main([*argv, "--server", url, "--token", token, "--json"])
-    if code != 0:
-        raise SystemExit(f"jsorc {' '.join(argv)} failed (exit {code})")
-    return json.loads(buffer.getvalue())
 
 
 def kubectl(kubeconfig: Path, *argv: str) -> str:
@@ -57,50 +42,6 @@ def kubectl(kubeconfig: Path, *argv: str) -> str:
 def show(kubeconfig: Path, title: str) -> None:
     print(f"\n$ kubectl get deployments,services,pods -n {NAMESPACE}   # {title}")
     print(kubectl(kubeconfig, "get", "deployments,services,pods", "-n", NAMESPACE))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def server(token: str, kubeconfig: Path, log: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "JSORC_TOKEN": token}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jsorc_live.cli", "serve", "--port", str(port),
-             "--backend", "kube", "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"jsorc serve exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("jsorc serve did not answer within 60 s")
-            time.sleep(0.2)
-        print(f"jsorc serve --backend kube is up at {url}")
-        yield url
-    finally:
-        proc.terminate()  # on SIGTERM the kube backend deletes what it created
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        print("\njsorc serve stopped")
 
 
 def settle(url: str, token: str, action: str, want: str, timeout_s: float = 120.0) -> str:
@@ -140,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     kubeconfig = work / "kubeconfig"
     with DevCluster(namespace=NAMESPACE, kubeconfig=kubeconfig, log_dir=work / "pods") as dc:
         print(f"dev cluster: API at {dc.url}, kubeconfig {kubeconfig}")
-        with server(token, kubeconfig, work / "serve.log") as url:
+        with server(token, "--backend", "kube", "--kubeconfig", str(kubeconfig),
+                    "--namespace", NAMESPACE, stop_s=60.0) as url:
             for action in ACTIONS:
                 jsorc(url, token, "actions", "config", action, "jsorc_live.actions.config")
             jsorc(url, token, "config", "set", "backoff_interval", "1")

@@ -22,8 +22,10 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from jsorc_live import cli
@@ -47,41 +49,47 @@ def jsorc(url: str, token: str, *argv: str) -> Any:
 
 
 @contextlib.contextmanager
-def server(token: str) -> Iterator[str]:
+def server(token: str, *serve_args: str, stop_s: float = 20.0) -> Iterator[str]:
+    """`jsorc serve` (with `serve_args`) on a free 127.0.0.1 port, its log in a temporary
+    file (a pipe nobody reads would stall a talkative server); stopped with SIGTERM, after
+    which the server stops what its backend started."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "JSORC_TOKEN": token}
+    fd, log = tempfile.mkstemp(prefix="jsorc-serve-", suffix=".log")
     proc = subprocess.Popen([sys.executable, "-m", "jsorc_live.cli", "serve", "--port",
-                             str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                             str(port), *serve_args], env=env, stdout=fd,
+                            stderr=subprocess.STDOUT)
+    os.close(fd)  # the server holds its own copy
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         import httpx
 
         while True:
             if proc.poll() is not None:
-                log = proc.stderr.read().decode() if proc.stderr else ""
-                raise SystemExit(f"jsorc serve exited: {log}")
+                raise SystemExit(f"jsorc serve exited: {Path(log).read_text()[-2000:]}")
             try:
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit("jsorc serve did not answer within 30 s")
+                raise SystemExit("jsorc serve did not answer within 60 s")
             time.sleep(0.2)
-        print(f"jsorc serve is up at {url}", file=sys.stderr)
+        print(f"jsorc serve {' '.join(serve_args)} is up at {url}".replace("  ", " "),
+              file=sys.stderr)
         yield url
     finally:
-        proc.terminate()  # the server stops its replica processes on SIGTERM
+        proc.terminate()
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=stop_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        print("jsorc serve stopped (and its replicas with it)", file=sys.stderr)
+        print(f"jsorc serve stopped (and what its backend started with it); log {log}",
+              file=sys.stderr)
 
 
 def wait_placements(url: str, token: str, actions: tuple[str, ...], want: str,

@@ -23,32 +23,15 @@ import sys
 from pathlib import Path
 
 from jsorc_sim.simulate import simulate
-from policies import Decision, Observation, Policy
+from policies.recorded import Recorded
 
 SCENARIO = Path(__file__).resolve().parent / "scenarios" / "closed_one_replica.toml"
 COLD_START = {"actions.a.service.mean_ms": 50.0, "actions.a.remote_start_s": 45.0,
               "placement.a": "unloaded", "policy.interval_s": 2.0, "duration_s": 600.0}
 
 
-class Spy:
-    """Keeps every observation, then lets the wrapped policy decide (or changes nothing)."""
-
-    def __init__(self, inner: Policy | None = None) -> None:
-        self.inner = inner
-        self.params = inner.params if inner is not None else None
-        self.seen: list[Observation] = []
-
-    def reset(self, seed: int) -> None:
-        if self.inner is not None:
-            self.inner.reset(seed)
-
-    def decide(self, observation: Observation) -> Decision:
-        self.seen.append(observation)
-        return self.inner.decide(observation) if self.inner is not None else Decision.keep()
-
-
 def windows(scenario: Path) -> bool:
-    spy = Spy()
+    spy = Recorded()
     simulate(scenario, spy, seed=1)
     print("1. one replica, 4 closed-loop clients, 25 s calls (truth: 4 calls, core busy)")
     print(f"{'window s':>12} {'remote_concurrency':>19} {'remote_utilisation':>19} "

@@ -332,9 +332,3 @@ class ActionRuntime:
         self.runtime.recorder.calls.append(
             (issued, rid, app, self.code, where, -1, 0.0, 0.0, 0.0, (now - issued) * 1000.0,
              0, 0, error))
-
-    # ------------------------------------------------------------------ for observations
-
-    @property
-    def in_flight(self) -> int:
-        return self.local_in_flight + self.pool.in_flight

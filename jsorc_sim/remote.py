@@ -86,10 +86,6 @@ class RemotePool:
         return self._ready
 
     @property
-    def in_flight(self) -> int:
-        return sum(r.busy for r in self.replicas.values())
-
-    @property
     def queued(self) -> int:
         if self.per_replica:
             return sum(len(r.queue.queue) for r in self.replicas.values() if r.queue)

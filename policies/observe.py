@@ -344,8 +344,7 @@ class ActionSignals:
 class NodeSignals:
     """The node's and the requests' events (one per builder)."""
 
-    def __init__(self, t0: float, cores: int, memory_total_mb: float) -> None:
-        self.t0 = t0
+    def __init__(self, cores: int, memory_total_mb: float) -> None:
         self.cores = cores
         self.memory_total_mb = memory_total_mb
         self.memory_used_mb = 0.0
@@ -353,20 +352,17 @@ class NodeSignals:
         self.cpu_s = NAN  # a measured cumulative CPU counter (live), overrides `busy`
         self.up = True
         self.oom_events = 0
-        self.in_system = 0  # requests arrived, not finished
         # The window's tallies.
-        self.arrived_n = 0
         self.requests: dict[str, list[float]] = {}  # app -> ok latencies
         self.request_counts: dict[str, list[int]] = {}  # app -> [finished, failed]
         self.requests_so_far = 0
         self.failures_so_far = 0
 
     def request_arrived(self, t: float, app: str) -> None:
-        self.in_system += 1
-        self.arrived_n += 1
+        """A walker request arrived. No window signal reads arrivals yet (requests count
+        when they finish); the event keeps recorded logs whole for replays."""
 
     def request_finished(self, t: float, app: str, latency_ms: float, ok: bool) -> None:
-        self.in_system -= 1
         self.requests_so_far += 1
         try:
             counts = self.request_counts[app]
@@ -426,7 +422,8 @@ class ObservationBuilder:
 
     def __init__(self, t0: float, *, cores: int, memory_total_mb: float,
                  actions: Mapping[str, ActionInfo], apps: Iterable[str]) -> None:
-        self.node = NodeSignals(t0, cores, memory_total_mb)
+        self.t0 = t0  # where every integral starts
+        self.node = NodeSignals(cores, memory_total_mb)
         self.actions = {name: ActionSignals(name, info, self.node)
                         for name, info in actions.items()}
         self.apps = list(apps)
@@ -492,7 +489,6 @@ class ObservationBuilder:
             runtime_up=node.up,
             oom_events=node.oom_events,
         )
-        node.arrived_n = 0
         node.requests = {}
         node.request_counts = {}
         return Observation(now, interval_s, node_stats, actions, apps, totals)

@@ -19,25 +19,9 @@ from scipy import stats
 from jsorc_sim.runtime import observation_builder
 from jsorc_sim.scenario import Scenario, from_dict, load
 from jsorc_sim.simulate import simulate
-from policies import Decision, Observation, Policy, make
+from policies import Observation, Policy, make
 from policies.observe import replay
-
-
-class Spy:
-    """Records every observation, then lets the wrapped policy (if any) decide."""
-
-    def __init__(self, inner: Policy | None = None) -> None:
-        self.inner = inner
-        self.params = inner.params if inner is not None else None
-        self.seen: list[Observation] = []
-
-    def reset(self, seed: int) -> None:
-        if self.inner is not None:
-            self.inner.reset(seed)
-
-    def decide(self, observation: Observation) -> Decision:
-        self.seen.append(observation)
-        return self.inner.decide(observation) if self.inner is not None else Decision.keep()
+from policies.recorded import Recorded
 
 
 def closed(clients: int, service_ms: float, *, placement: str = "remote:1",
@@ -62,7 +46,7 @@ def test_four_clients_on_one_replica_read_four_in_every_window() -> None:
     # 4 closed-loop clients, no think time, 25 s calls, one replica ready from the start:
     # every moment 1 call is served and 3 wait, so the window mean is exactly 4 and the one
     # core is always busy -- whatever the windows' phase against the 25 s calls.
-    spy = Spy()
+    spy = Recorded()
     simulate(from_dict(closed(4, 25_000.0)), spy, seed=1)
     windows = [o.actions["a"] for o in spy.seen[1:]]  # the first looks at an empty window
     assert len(windows) == 29
@@ -111,7 +95,7 @@ def test_mmc_window_means_are_little_and_rho(servers: int, rho: float) -> None:
         "placement": {"a": f"remote:{servers}"},
         "policy": {"interval_s": 10.0},
     }
-    spy = Spy()
+    spy = Recorded()
     simulate(from_dict(table), spy, seed=servers)
     windows = [o.actions["a"] for o in spy.seen[2:]]  # past the first 10 s
     concurrency = sum(w.remote_concurrency for w in windows) / len(windows)
@@ -121,7 +105,7 @@ def test_mmc_window_means_are_little_and_rho(servers: int, rho: float) -> None:
     assert all(0.0 <= w.remote_utilisation <= 1.0 for w in windows)
 
 
-def replicas_asked(spy: Spy, policy: Policy, table: dict[str, Any]) -> list[int]:
+def replicas_asked(spy: Recorded, policy: Policy, table: dict[str, Any]) -> list[int]:
     result = simulate(from_dict(table), spy, seed=1)
     asked = result.decisions[result.decisions["source"] != "runtime"]
     return [int(p.split(":")[1]) for p in asked["placement"] if p.startswith("remote:")]
@@ -136,7 +120,7 @@ def test_kpa_after_a_cold_start_asks_for_what_its_formula_gives() -> None:
     # read 4 x 45 s / 2 s = 90, which asked for remote:29 and more.)
     table = closed(4, 50.0, placement="", start_s=45.0, duration_s=400.0, interval_s=2.0)
     kpa = make("kpa")
-    asked = replicas_asked(Spy(kpa), kpa, table)
+    asked = replicas_asked(Recorded(kpa), kpa, table)
     assert asked and max(asked) == math.ceil(4 / 0.7) == 6
     assert asked[-1] == 6
 
@@ -148,7 +132,7 @@ def test_hpa_after_a_cold_start_asks_for_what_its_formula_gives() -> None:
     # utilisation 4 / 5 = 0.8 is on target: it stays.
     table = closed(4, 50.0, placement="", start_s=45.0, duration_s=600.0, interval_s=2.0)
     hpa = make("hpa")
-    asked = replicas_asked(Spy(hpa), hpa, table)
+    asked = replicas_asked(Recorded(hpa), hpa, table)
     assert asked[:1] == [2]
     assert max(asked) == 5 and asked[-1] == 5
 
@@ -176,7 +160,7 @@ def test_the_simulators_events_replayed_give_the_policys_observations(policy: st
     # model_based moves actions and starts replicas; all_local on flow_analysis runs the
     # 4 GB node out of memory again and again (failed calls, restarts). The recorded events,
     # replayed into a fresh builder, give every observation the policy was handed.
-    spy = Spy(make(policy))
+    spy = Recorded(make(policy))
     result = simulate(load_scenario(), spy, app="flow_analysis", duration_s=240, seed=3,
                       record_events=True)
     events = result.extra["events"]
