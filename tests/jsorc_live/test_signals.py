@@ -188,8 +188,9 @@ def test_a_recorded_live_run_replays_to_the_same_observations(live: Live) -> Non
     runtime = live.runtime
     log = runtime.observations.record()
     node = log.builder.node
-    fresh = ObservationBuilder(log.builder.t0, cores=node.cores, memory_total_mb=node.memory_total_mb,
-                               actions={}, apps=list(log.builder.apps))
+    fresh = ObservationBuilder(log.builder.t0, cores=node.cores,
+                               memory_total_mb=node.memory_total_mb, actions={},
+                               apps=list(log.builder.apps))
     runtime.configure(local_bi_enc(8.0))
     runtime.configure(remote_sample())
     runtime.router("sample").set_placement(Placement.remote(1))
