@@ -1,10 +1,12 @@
-"""The HTTP face of the live runtime: POST /walker_run, JSORC's admin API, /metrics.
+"""The live runtime's service: POST /walker_run, JSORC's admin API, /metrics.
 
 `JsorcService` holds the runtime, the backend, the controller and the META_CONFIG-like
 settings, and answers every admin command as plain data (refusals raise `RuntimeRefusal`,
-which `make_app` turns into `{"success": false, "message": ...}` with its 4xx status). The
-admin API lives under /jsorc/ and needs the token (`Authorization: token T` or `Bearer T`):
-401 without one, 403 with a wrong one. Every endpoint takes a JSON object (malformed: 400).
+which `make_app` (jsorc_live.api_routes) turns into `{"success": false, "message": ...}` with
+its 4xx status). The admin API lives under /jsorc/ and needs the token (`Authorization: token
+T` or `Bearer T`): 401 without one, 403 with a wrong one. Every endpoint takes a JSON object,
+checked field by field (jsorc_live.api_models; bad: 400, and nothing changes); walker runs and
+the admin API run on separate thread pools, and bodies are size-limited (jsorc_live.limits).
 
 Answers keep JSORC's shapes: `{"success": true, "action_status": {"mode": ...,
 "remote": {"url": ..., "status": "STARTING|READY"}}}`. Jaseci 1.4's own paths alias the admin
@@ -14,32 +16,24 @@ with the admin's email and password): jsorc_live.jaseci_api.
 
 from __future__ import annotations
 
-import contextlib
-import hmac
 import importlib
-import json
 import logging
 import math
 import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 import policies
+from jsorc_live.api_models import BadRequest, NonFinite, non_finite, plain, read_json_value
+from jsorc_live.api_routes import make_app
 from jsorc_live.backend import Backend, PersistentBackend
 from jsorc_live.controller import Controller, LiveObserver, apply_to_runtime, params_of
-from jsorc_live.jaseci_api import JaseciApi, add_routes
 from jsorc_live.jaseci_login import AdminCredentials
 from jsorc_live.jaseci_ops import MANUAL_POLICIES, registered_policy
 from jsorc_live.kube.settings import (
@@ -48,7 +42,7 @@ from jsorc_live.kube.settings import (
     check_namespace,
     parse_kube_settings,
 )
-from jsorc_live.ops import Ops
+from jsorc_live.limits import DEFAULT_MAX_BODY_BYTES, PoolSizes
 from jsorc_live.runtime import (
     ActionInfo,
     CallTiming,
@@ -77,6 +71,8 @@ class Settings:
     `kubernetes` is false (the process backend) or the kube backend's KubeSettings, and
     `namespace` the namespace it manages: both are chosen at start (`jsorc serve --backend
     kube --kubeconfig F --namespace NS`); setting them to another value later is refused.
+    `max_replicas` caps the replicas of any one action (`jsorc serve --max-replicas`);
+    JsorcService hands it to the runtime.
     """
 
     automation: bool = False
@@ -84,23 +80,26 @@ class Settings:
     namespace: str = "default"
     keep_alive: tuple[str, ...] = ()
     kubernetes: KubeSettings | None = None
+    max_replicas: int = 32
 
     def as_dict(self) -> dict[str, Any]:
         kube: bool | dict[str, Any] = (False if self.kubernetes is None
                                        else self.kubernetes.as_dict())
         return {"automation": self.automation, "backoff_interval": self.backoff_interval,
                 "namespace": self.namespace, "keep_alive": list(self.keep_alive),
-                "kubernetes": kube}
+                "kubernetes": kube, "max_replicas": self.max_replicas}
 
     def set(self, name: str, value: Any) -> None:
         """Set one field from a JSON value or a command-line string, checked."""
-        if name not in self.as_dict():
+        if not isinstance(name, str) or name not in self.as_dict():
             raise RuntimeRefusal(f"unknown config {name!r} (known: "
                                  f"{', '.join(self.as_dict())})", 404)
         if isinstance(value, str) and name != "namespace":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
+            try:  # the CLI's text: JSON when it reads as JSON (never NaN or an infinity)
+                value = read_json_value(value.encode())
+            except NonFinite:
+                raise RuntimeRefusal(f"config {name} must be finite, got {value!r}") from None
+            except BadRequest:
                 value = [v for v in value.split(",") if v] if name == "keep_alive" else value
         if name == "automation":
             if not isinstance(value, bool):
@@ -122,6 +121,11 @@ class Settings:
                 raise RuntimeRefusal(f"config backoff_interval must be a number of seconds "
                                      f"> 0, got {value!r}")
             self.backoff_interval = float(value)
+        elif name == "max_replicas":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RuntimeRefusal(f"config max_replicas must be an int >= 1, "
+                                     f"got {value!r}")
+            self.max_replicas = value
         elif name == "namespace":
             if not isinstance(value, str) or not value:
                 raise RuntimeRefusal(f"config namespace must be a non-empty string, "
@@ -145,15 +149,19 @@ def info_of(cfg: Any) -> ActionInfo:
     """The runtime's view of an ActionConfig (jsorc_live.actions.config).
 
     A replica's cores are whole for the observations (the calls it serves at once): a
-    fractional Kubernetes CPU request still serves one call, so the count is rounded up."""
+    fractional Kubernetes CPU request still serves one call, so the count is rounded up.
+    A config without `call_timeout_s` leaves the deadline to the runtime's."""
     default = str(getattr(cfg, "default_mode", "local"))
+    timeout = getattr(cfg, "call_timeout_s", None)
     return ActionInfo(name=cfg.name, module=cfg.module,
                       local_memory_mb=float(cfg.local_memory_mb),
                       remote_memory_mb=float(cfg.remote_memory_mb),
                       default_mode=Mode.REMOTE if default == "remote" else Mode.LOCAL,
                       setup=dict(getattr(cfg, "setup", {}) or {}),
                       replica_cores=max(1, math.ceil(float(getattr(cfg, "remote_cores", 1)))),
-                      kubernetes=cfg.kubernetes() if hasattr(cfg, "kubernetes") else None)
+                      kubernetes=cfg.kubernetes() if hasattr(cfg, "kubernetes") else None,
+                      call_timeout_s=None if timeout is None else float(timeout),
+                      idempotent=bool(getattr(cfg, "idempotent", False)))
 
 
 class JsorcService:
@@ -161,27 +169,40 @@ class JsorcService:
 
     def __init__(self, runtime: Runtime, backend: Backend | None, *,
                  load_config: ConfigLoader, policy: str = "default",
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None,
+                 allowed_policy_modules: tuple[str, ...] = ()) -> None:
         self.runtime = runtime
+        # The modules `actionpolicy set module:Class` may import (policies.registry): the
+        # operator's, from start-up; none by default, registered names always work.
+        self.allowed_policy_modules = policies.check_allow_list(allowed_policy_modules)
         self._load_config = load_config
         self.backend = backend
         self.settings = settings or Settings()
         self._lock = threading.Lock()
         self._closed = False
+        # The walkers the runtime came with (JSORC's loadtest apps): `walker set` keeps them.
+        self.builtin_walkers = frozenset(runtime.walkers)
+        self.apply_settings()
         # The name as it was given (JSORC's `Evaluation` is echoed back as set), and the
         # registered policy with its parameters that the controller is rebuilt from.
         self.policy_name = policy
         self._policy_ref = registered_policy(policy)
         self._policy_params: dict[str, Any] = {}
         self._controller_starts = 1
-        self.controller = self._controller(policies.make(self._policy_ref, {}))
+        self.controller = self._controller(policies.make(
+            self._policy_ref, {}, allowed_modules=self.allowed_policy_modules))
         self.observer = LiveObserver(runtime, backend)
         self.controller.start(self.observer.observe, lambda: self.settings.backoff_interval,
                               lambda: self.settings.automation)
 
+    def apply_settings(self) -> None:
+        """Hand the settings the runtime reads to it (after `config set`, META_CONFIG)."""
+        self.runtime.max_replicas = self.settings.max_replicas
+
     def _controller(self, policy: policies.Policy) -> Controller:
         return Controller(policy, self.policy_name, apply=apply_to_runtime(self.runtime),
-                          known=lambda: list(self.runtime.routers), clock=self.runtime.now)
+                          known=lambda: list(self.runtime.routers), clock=self.runtime.now,
+                          max_replicas=lambda: self.runtime.max_replicas)
 
     # ----------------------------------------------------------------- actions
 
@@ -283,13 +304,29 @@ class JsorcService:
                          ) -> dict[str, Any]:
         """Set the policy by a registered name or import path, or by JSORC's name in any
         case (`Evaluation`: evaluation); `actionpolicy_get` echoes the name as given."""
+        if not isinstance(policy_name, str) or not policy_name:
+            raise RuntimeRefusal(f"policy_name must be a non-empty string, got "
+                                 f"{policy_name!r:.80}")
         if not isinstance(policy_params, Mapping):
             raise RuntimeRefusal("policy_params must be an object of name: value")
+        bad = non_finite(dict(policy_params), "policy_params")
+        if bad:
+            raise RuntimeRefusal(f"{bad}: policy parameters must be finite numbers; "
+                                 "nothing changed")
         ref = registered_policy(policy_name)
         try:
-            policy = policies.make(ref, dict(policy_params))
+            policy = policies.make(ref, dict(policy_params),
+                                   allowed_modules=self.allowed_policy_modules)
         except (policies.PolicyError, PlacementError, TypeError, ValueError) as exc:
             raise RuntimeRefusal(str(exc)) from None
+        except Exception as exc:  # a policy's own constructor may raise anything
+            raise RuntimeRefusal(f"policy {policy_name} refused its parameters: "
+                                 f"{type(exc).__name__}: {exc}") from None
+        # Every check passes before the controller is replaced: a policy whose parameters
+        # would not serialise (an infinity from a default) is refused, and nothing changes.
+        bad = non_finite(params_of(policy), f"policy {policy_name}")
+        if bad:
+            raise RuntimeRefusal(f"{bad}: policy parameters must be finite; nothing changed")
         with self._lock:
             self.policy_name, self._policy_ref = policy_name, ref
             self._policy_params = dict(policy_params)
@@ -300,7 +337,9 @@ class JsorcService:
         """A new controller with a fresh copy of the policy (its state reset), as JSORC's
         MetaService reset did; the decision log carries over."""
         with self._lock:
-            self._replace_controller(policies.make(self._policy_ref, self._policy_params))
+            self._replace_controller(policies.make(
+                self._policy_ref, self._policy_params,
+                allowed_modules=self.allowed_policy_modules))
 
     def controller_info(self) -> dict[str, Any]:
         return {"policy": self.policy_name, "starts": self._controller_starts,
@@ -318,9 +357,10 @@ class JsorcService:
                               lambda: self.settings.automation)
 
     def actionpolicy_get(self) -> dict[str, Any]:
-        params = {k: _plain(v) for k, v in params_of(self.controller.policy).items()}
+        params = {k: plain(v) for k, v in params_of(self.controller.policy).items()}
         return {"success": True, "policy": self.policy_name, "params": params,
-                "decisions": self.controller.decisions[-20:]}
+                "decisions": self.controller.decisions[-20:],
+                "controller": plain(self.controller.health())}
 
     # ----------------------------------------------------------------- tracking, benchmark
 
@@ -330,17 +370,17 @@ class JsorcService:
 
     def trackact_stop(self) -> dict[str, Any]:
         rows = self.runtime.track_stop()
-        return {"success": True, "calls": [{k: _plain(v) for k, v in r.items()} for r in rows]}
+        return {"success": True, "calls": [{k: plain(v) for k, v in r.items()} for r in rows]}
 
     def benchmark_start(self) -> dict[str, Any]:
         self.runtime.benchmark_start()
         return {"success": True, "message": "benchmark started"}
 
     def benchmark_stop(self) -> dict[str, Any]:
-        return {"success": True, "report": _plain(self.runtime.benchmark_stop())}
+        return {"success": True, "report": plain(self.runtime.benchmark_stop())}
 
     def benchmark_report(self) -> dict[str, Any]:
-        return {"success": True, "report": _plain(self.runtime.benchmark_report())}
+        return {"success": True, "report": plain(self.runtime.benchmark_report())}
 
     # ----------------------------------------------------------------- config, status
 
@@ -348,34 +388,36 @@ class JsorcService:
         doc = self.settings.as_dict()
         if name is None:
             return {"success": True, "config": doc}
+        if not isinstance(name, str):
+            raise RuntimeRefusal(f"config name must be a string, got {name!r:.80}")
         if name not in doc:
             raise RuntimeRefusal(f"unknown config {name!r} (known: {', '.join(doc)})", 404)
         return {"success": True, "name": name, "value": doc[name]}
 
     def config_set(self, name: str, value: Any) -> dict[str, Any]:
         self.settings.set(name, value)
+        self.apply_settings()
         return {"success": True, "name": name, "value": self.settings.as_dict()[name]}
 
     def status(self) -> dict[str, Any]:
         return {"success": True, "config": self.settings.as_dict(),
                 "policy": self.policy_name,
+                "controller": plain(self.controller.health()),
                 "walkers": sorted(self.runtime.walkers),
                 "actions": {name: r.status() for name, r in sorted(self.runtime.routers.items())}}
 
     def walker_set(self, name: str, steps: Any) -> dict[str, Any]:
-        """A user-defined walker: steps [{action, function, args: {param: ctx key}}]."""
+        """A user-defined walker: steps [{action, function, args: {param: ctx key},
+        defaults: {param: value}}]. The built-in walkers cannot be replaced (409)."""
+        if not isinstance(name, str) or not name:
+            raise RuntimeRefusal(f"walker name must be a non-empty string, got {name!r:.80}")
+        if name in self.builtin_walkers:
+            raise RuntimeRefusal(f"walker {name!r} is built in (one of JSORC's loadtest "
+                                 "apps) and cannot be replaced: choose another name", 409)
         if not isinstance(steps, list) or not steps:
             raise RuntimeRefusal("steps must be a non-empty list of {action, function, args}")
-        parsed = []
-        for step in steps:
-            if not isinstance(step, Mapping) or not isinstance(step.get("action"), str) \
-                    or not isinstance(step.get("function"), str) \
-                    or not isinstance(step.get("args", {}), Mapping):
-                raise RuntimeRefusal(f"bad step {step!r}: need action, function (strings) "
-                                     "and optional args {param: ctx key}")
-            parsed.append(Step(step["action"], step["function"], dict(step.get("args", {})),
-                               dict(step.get("defaults", {}))))
-        self.runtime.add_walker(Walker(name, tuple(parsed)))
+        parsed = tuple(_step(step) for step in steps)
+        self.runtime.add_walker(Walker(name, parsed))
         return {"success": True, "walker": name, "steps": len(parsed)}
 
     # ----------------------------------------------------------------- shutdown
@@ -393,185 +435,31 @@ class JsorcService:
             self.backend.shutdown()
 
 
+def _step(step: Any) -> Step:
+    """One walker step from its JSON form, every field checked."""
+    def strings(value: Any) -> bool:
+        return isinstance(value, str) and bool(value)
+
+    if not isinstance(step, Mapping) or set(step) - {"action", "function", "args", "defaults"} \
+            or not strings(step.get("action")) or not strings(step.get("function")):
+        raise RuntimeRefusal(f"bad step {step!r:.120}: need action, function (non-empty "
+                             "strings), optional args {param: ctx key} and defaults "
+                             "{param: value}")
+    args, defaults = step.get("args", {}), step.get("defaults", {})
+    if not isinstance(args, Mapping) or not all(strings(k) and strings(v)
+                                                for k, v in args.items()):
+        raise RuntimeRefusal(f"step args must be an object of param: ctx key (strings), "
+                             f"got {args!r:.80}")
+    if not isinstance(defaults, Mapping) or not all(isinstance(k, str) for k in defaults):
+        raise RuntimeRefusal(f"step defaults must be an object of param: value, got "
+                             f"{defaults!r:.80}")
+    return Step(step["action"], step["function"], dict(args), dict(defaults))
+
+
 def _mode(mode: Any, table: Mapping[str, Mode | None], verb: str) -> Mode | None:
     if not isinstance(mode, str) or mode not in table:
         raise RuntimeRefusal(f"{verb} mode must be one of {', '.join(table)}, got {mode!r}")
     return table[mode]
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: NaN to None, tuples to lists, enums and placements to strings."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    return str(value)
-
-
-# --------------------------------------------------------------------------- HTTP
-
-
-class _Metrics(Collector):
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    def collect(self) -> Iterator[Any]:
-        calls = CounterMetricFamily("jsorc_action_calls", "action calls",
-                                    labels=["action", "placement", "ok"])
-        for (action, placement, ok), count in sorted(self.runtime.call_counts().items()):
-            calls.add_metric([action, placement, str(ok).lower()], count)
-        yield calls
-        ready = GaugeMetricFamily("jsorc_replicas_ready", "ready remote replicas",
-                                  labels=["action"])
-        flight = GaugeMetricFamily("jsorc_in_flight", "calls in flight", labels=["action"])
-        for name, router in sorted(self.runtime.routers.items()):
-            ready.add_metric([name], router.replicas_ready)
-            flight.add_metric([name], router.in_flight)
-        yield ready
-        yield flight
-        yield GaugeMetricFamily("jsorc_requests_in_system", "walker runs in progress",
-                                value=self.runtime.in_system)
-
-
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-def _refuse(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"success": False, "message": message}, status_code=status)
-
-
-def make_app(service: JsorcService, token: str, *,
-             credentials: AdminCredentials | None = None) -> FastAPI:
-    """The FastAPI app around `service`; admin calls need `token`. Jaseci's paths
-    (jsorc_live.jaseci_api) alias the admin API, and `credentials` turn on their login."""
-    if not token:
-        raise ValueError("an admin token is required (set JSORC_TOKEN)")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(ops.start)  # keep-alive services
-        yield
-        await run_in_threadpool(jaseci.close)  # its tracksys state recorder
-        await run_in_threadpool(ops.close)
-        await run_in_threadpool(service.close)
-
-    app = FastAPI(title="jsorc", lifespan=lifespan)
-    registry = CollectorRegistry()
-    registry.register(_Metrics(service.runtime))
-    ops = Ops.attach(app, service, registry)  # tracksys, keep-alive, process/latency metrics
-
-    def authorised(request: Request) -> JSONResponse | None:
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if not header or scheme.lower() not in ("token", "bearer") or not given:
-            return _refuse(401, "admin token required: Authorization: token <JSORC_TOKEN>")
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            return _refuse(403, "wrong admin token")
-        return None
-
-    async def body(request: Request) -> dict[str, Any] | JSONResponse:
-        raw = await request.body()
-        if not raw.strip():
-            return {}
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _refuse(400, f"malformed JSON body: {exc}")
-        if not isinstance(data, dict):
-            return _refuse(400, f"the body must be a JSON object, got {type(data).__name__}")
-        return data
-
-    def route(path: str, handler: Handler, admin: bool = True) -> None:
-        async def endpoint(request: Request) -> Response:
-            if admin:
-                denied = authorised(request)
-                if denied is not None:
-                    return denied
-            data = await body(request)
-            if isinstance(data, JSONResponse):
-                return data
-            try:
-                result = await run_in_threadpool(handler, data)
-            except RuntimeRefusal as exc:
-                return _refuse(exc.status, str(exc))
-            except _MissingField as exc:
-                return _refuse(400, str(exc))
-            status = int(result.pop("_status", 200))
-            return JSONResponse(result, status_code=status)
-
-        app.add_api_route(path, endpoint, methods=["POST"], include_in_schema=False)
-
-    def walker_run(d: dict[str, Any]) -> dict[str, Any]:
-        ctx = d.get("ctx", {})
-        if not isinstance(ctx, dict):
-            raise RuntimeRefusal("ctx must be a JSON object")
-        result = service.runtime.run_walker(_str(d, "name"), ctx)
-        if not result.ok:
-            return {"_status": 502, "success": False, "message": result.error,
-                    "request_id": result.request_id}
-        return {"success": True, "report": _plain(result.report),
-                "request_id": result.request_id, "latency_ms": result.latency_ms}
-
-    s = service
-    table: dict[str, Handler] = {
-        "/jsorc/actions/config": lambda d: s.actions_config(_str(d, "name"), _str(d, "config")),
-        "/jsorc/actions/load": lambda d: s.actions_load(
-            _str(d, "name"), _str(d, "mode"), d.get("url"), d.get("replicas")),
-        "/jsorc/actions/status": lambda d: s.actions_status(_str(d, "name")),
-        "/jsorc/actions/unload": lambda d: s.actions_unload(_str(d, "name"),
-                                                            d.get("mode", "auto")),
-        "/jsorc/actionpolicy/set": lambda d: s.actionpolicy_set(
-            _str(d, "policy_name"), d.get("policy_params", {})),
-        "/jsorc/actionpolicy/get": lambda d: s.actionpolicy_get(),
-        "/jsorc/trackact/start": lambda d: s.trackact_start(),
-        "/jsorc/trackact/stop": lambda d: s.trackact_stop(),
-        "/jsorc/benchmark/start": lambda d: s.benchmark_start(),
-        "/jsorc/benchmark/stop": lambda d: s.benchmark_stop(),
-        "/jsorc/benchmark/report": lambda d: s.benchmark_report(),
-        "/jsorc/config/get": lambda d: s.config_get(d.get("name")),
-        "/jsorc/config/set": lambda d: s.config_set(_str(d, "name"), _required(d, "value")),
-        "/jsorc/status": lambda d: s.status(),
-        "/jsorc/walker/set": lambda d: s.walker_set(_str(d, "name"), d.get("steps")),
-    }
-    table.update(ops.handlers())  # /jsorc/tracksys/*, /jsorc/service/*
-    for path, handler in table.items():
-        route(path, handler)
-    route("/walker_run", walker_run, admin=False)
-    # Jaseci's /js_admin/<op>, /js/walker_run and /user/token/ (jsctl, JSORC's clients).
-    jaseci = JaseciApi(service, ops, token=token, credentials=credentials)
-    add_routes(app, jaseci, authorised=authorised, walker_run=walker_run)
-    app.state.jaseci_api = jaseci
-
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"success": True})
-
-    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
-    return app
-
-
-class _MissingField(ValueError):
-    pass
-
-
-def _required(d: Mapping[str, Any], key: str) -> Any:
-    if key not in d:
-        raise _MissingField(f"missing field {key!r}")
-    return d[key]
-
-
-def _str(d: Mapping[str, Any], key: str) -> str:
-    value = _required(d, key)
-    if not isinstance(value, str) or not value:
-        raise _MissingField(f"field {key!r} must be a non-empty string, got {value!r}")
-    return value
 
 
 __all__ = ["JsorcService", "Settings", "build_service", "connect_remote", "make_app"]
@@ -582,19 +470,21 @@ __all__ = ["JsorcService", "Settings", "build_service", "connect_remote", "make_
 
 def connect_remote(replica: Replica, timeout_s: float = 60.0) -> Invoker:
     """An invoker of the action server at `replica.url` (jsorc_live.actions.client): no
-    answer at all is a TransportError (retried elsewhere), an error answer is not."""
-    from jsorc_live.actions.client import ActionCallError, RemoteActions
+    answer at all is a TransportError, saying whether the request was sent (see the
+    router's retries), an error answer is not. Each call waits for its answer at most the
+    timeout the router gives it (what is left of the call's deadline); `timeout_s` is the
+    client's default for other requests."""
+    from jsorc_live.actions.client import NoAnswer, RemoteActions
 
     client = RemoteActions(replica.url, timeout_s=timeout_s)
 
-    def invoke(name: str, kwargs: dict[str, Any]) -> tuple[Any, CallTiming]:
+    def invoke(name: str, kwargs: dict[str, Any], call_timeout_s: float) -> tuple[Any, CallTiming]:
         sent = time.perf_counter()
         try:
-            result, service_ms = client.call_timed(name, kwargs)
-        except ActionCallError as exc:
-            if getattr(exc, "status", None) is None:
-                raise TransportError(str(exc)) from exc
-            raise
+            result, service_ms = client.call_timed(name, kwargs,
+                                                   timeout_s=max(call_timeout_s, 0.001))
+        except NoAnswer as exc:
+            raise TransportError(str(exc), sent=exc.sent) from exc
         # jsorc's servers say how long the action worked; the rest of the round trip is
         # network (and HTTP). Jaseci's do not: then both stay NaN and the row's latency
         # holds the total.
@@ -609,19 +499,32 @@ def connect_remote(replica: Replica, timeout_s: float = 60.0) -> Invoker:
 def build_service(token: str, *, backend: str = "process", config: str | None = None,
                   policy: str = "default", kube: KubeSettings | None = None,
                   namespace: str = "default",
-                  kube_options: Mapping[str, Any] | None = None
-                  ) -> tuple[JsorcService, FastAPI]:
+                  kube_options: Mapping[str, Any] | None = None,
+                  pools: PoolSizes | None = None,
+                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                  max_replicas: int = 32,
+                  credentials: AdminCredentials | None = None,
+                  allowed_policy_modules: tuple[str, ...] = (),
+                  policy_files: tuple[str, ...] = ()) -> tuple[JsorcService, FastAPI]:
     """The service and its app over the real parts: jsorc_live.actions' loader and client,
     and the process backend or the kube one (`kube`: its settings, default kubeconfig when
     None; `namespace`; `kube_options`: KubeBackend's tuning). `config` configures every
-    action of that config module. A kube backend that cannot reach its cluster raises
-    jsorc_live.kube.KubeError (one line)."""
+    action of that config module. `pools`, `max_body_bytes`: the app's thread pools and body
+    limit (jsorc_live.limits); `max_replicas`: the replica cap of any one action;
+    `credentials`: the admin's login (default: JSORC_ADMIN_EMAIL, JSORC_ADMIN_PASSWORD).
+    `allowed_policy_modules` (`pkg.mod` or `pkg.*`) and the modules of `policy_files` (each
+    imported here, at start-up) are the only ones `actionpolicy set module:Class` may import;
+    a bad entry or file raises policies.PolicyError. A kube
+    backend that cannot reach its cluster raises jsorc_live.kube.KubeError (one line)."""
     from jsorc_live.actions import config as configs
     from jsorc_live.actions.loader import AllowList, LocalModule
     from jsorc_live.backend import ProcessBackend
 
     if backend not in ("process", "kube"):
         raise RuntimeRefusal(f"unknown backend {backend!r}; use process or kube")
+    # Before any child process starts: a bad allow-list or policy file refuses the start.
+    policy_modules = (*policies.check_allow_list(allowed_policy_modules),
+                      *(policies.load_policy_file(path) for path in policy_files))
 
     # Config modules come from the operator (the default and `serve --config`), never from a
     # request; a configured action's module joins the loader's allow-list.
@@ -646,6 +549,7 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
 
     replicas: Backend
     settings = Settings()
+    settings.set("max_replicas", max_replicas)
     if backend == "kube":
         from jsorc_live.kube import KubeBackend
         from jsorc_live.kube.client import resolved
@@ -660,11 +564,12 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
                       walkers=loadtest_walkers())
     holder["runtime"] = runtime
     service = JsorcService(runtime, replicas, load_config=load_config, policy=policy,
-                           settings=settings)
+                           settings=settings, allowed_policy_modules=policy_modules)
     if config is not None:
         module = importlib.import_module(config)
         for name in sorted(getattr(module, "ACTION_CONFIGS", {})):
             service.actions_config(name, config)
     # jsctl's login: the admin's email and password, from the environment of `jsorc serve`.
-    credentials = AdminCredentials.from_env(os.environ)
-    return service, make_app(service, token, credentials=credentials)
+    credentials = credentials or AdminCredentials.from_env(os.environ)
+    return service, make_app(service, token, credentials=credentials, pools=pools,
+                             max_body_bytes=max_body_bytes)

@@ -6,6 +6,11 @@ A replica is an action server, `python -m jsorc_live.actions.server MODULE --hos
 notices a replica whose process has exited without being asked to, and tells the runtime
 (`on_dead`), which takes it out of rotation and asks for a replacement. `shutdown` stops
 every process this backend started, and runs at interpreter exit too.
+
+Replicas are started through jsorc_live.children: a minimal environment (never the admin
+token), their own process group, a parent-death signal, and a line in the server's state file.
+Stopping SIGTERMs the group and SIGKILLs it after `stop_grace_s`; `shutdown` stops them all
+against one deadline, so it is bounded however many there are.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import atexit
 import contextlib
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -27,6 +31,7 @@ from typing import IO, Any, Protocol, runtime_checkable
 
 import httpx
 
+from jsorc_live.children import CHILDREN, Children
 from jsorc_live.runtime import ActionInfo, Replica
 
 log = logging.getLogger(__name__)
@@ -107,14 +112,19 @@ class ProcessBackend:
                  check_every_s: float = 0.5, log_dir: str | Path | None = None,
                  command: Callable[[ActionInfo, str, int], list[str]] = server_command,
                  on_dead: Callable[[Replica], None] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, stop_grace_s: float = 5.0,
+                 children: Children = CHILDREN) -> None:
+        """`env`: variables a replica gets besides the allow-listed ones of children.child_env
+        (the server's own environment is never passed whole)."""
         self.host = host
         self.start_timeout_s = start_timeout_s
         self.check_every_s = check_every_s
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="jsorc-"))
         self.command = command
         self.on_dead = on_dead
-        self.env = {**os.environ, **(env or {})}
+        self.env = dict(env or {})
+        self.stop_grace_s = stop_grace_s
+        self.children = children
         self._procs: dict[Replica, _Process] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -153,8 +163,21 @@ class ProcessBackend:
     def healthy(self, replica: Replica) -> bool:
         with self._lock:
             proc = self._procs.get(replica)
+        # A short timeout: a frozen process accepts connections but never answers, and the
+        # router's health checks must tell so quickly (it acts after a few in a row).
         return (proc is not None and proc.popen.poll() is None
-                and spec_answers(replica.url, timeout_s=2.0))
+                and spec_answers(replica.url, timeout_s=1.0))
+
+    def capacity(self, info: ActionInfo) -> int | None:
+        """How many replicas of the action this machine can hold: those running, plus what
+        its available memory fits at the action's `remote_memory_mb` (None when that is 0:
+        no size to divide by)."""
+        if info.remote_memory_mb <= 0:
+            return None
+        import psutil
+
+        available_mb = psutil.virtual_memory().available / 2**20
+        return len(self.replicas(info.name)) + int(available_mb // info.remote_memory_mb)
 
     def shutdown(self) -> None:
         """Stop every process this backend started (idempotent)."""
@@ -165,8 +188,9 @@ class ProcessBackend:
             self._procs.clear()
             for proc in procs:
                 proc.stopping = True
+        self.children.stop_all([p.popen for p in procs], self.stop_grace_s)
         for proc in procs:
-            self._terminate(proc)
+            self._close_log(proc)
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout=2.0)
 
@@ -178,14 +202,18 @@ class ProcessBackend:
         url = f"http://{self.host}:{port}"
         log_path = self.log_dir / f"{action}-{port}.log"
         log_file = log_path.open("wb")
-        popen = subprocess.Popen(self.command(info, self.host, port), stdout=log_file,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=self.env)
+        try:
+            popen = self.children.spawn(self.command(info, self.host, port), kind="replica",
+                                        name=action, url=url, env=self.env, stdout=log_file)
+        except OSError:
+            log_file.close()
+            raise
         replica = Replica(action, url, popen.pid)
         proc = _Process(replica, popen, log_path, log_file)
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             if popen.poll() is not None:
+                self.children.forget(popen.pid)
                 self._close_log(proc)
                 raise ReplicaStartError(f"replica of {action} ({module}) exited with "
                                         f"{popen.returncode}: {_tail(log_path)}")
@@ -224,6 +252,7 @@ class ProcessBackend:
                 for proc in dead:
                     del self._procs[proc.replica]
             for proc in dead:
+                self.children.forget(proc.popen.pid)
                 self._close_log(proc)
                 log.warning("replica %s exited with %s", proc.replica.url, proc.popen.returncode)
                 if self.on_dead is not None:
@@ -233,14 +262,7 @@ class ProcessBackend:
                         log.exception("on_dead handler failed for %s", proc.replica)
 
     def _terminate(self, proc: _Process) -> None:
-        popen = proc.popen
-        if popen.poll() is None:
-            popen.terminate()
-            try:
-                popen.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(timeout=5.0)
+        self.children.stop(proc.popen, self.stop_grace_s)
         self._close_log(proc)
 
     @staticmethod

@@ -2,7 +2,9 @@
 
     jsorc serve [--host 127.0.0.1] [--port 8000] [--backend process|kube] [--config MODULE]
                 [--kubeconfig FILE] [--context NAME] [--in-cluster] [--namespace NS]
-                [--keep-on-shutdown]
+                [--keep-on-shutdown] [--walker-threads N] [--walker-queue N]
+                [--admin-threads N] [--max-body-mb MB] [--max-replicas N]
+                [--state-dir DIR] [--shutdown-timeout S]
     jsorc actions config NAME CONFIG
     jsorc actions load NAME -mode module|remote [--url URL] [--replicas N]
     jsorc actions status NAME
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -97,7 +100,38 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--config", default=None,
                          help="configure every action of this config module at start")
     serve_p.add_argument("--policy", default="default", help="initial action policy")
+    serve_p.add_argument("--allow-policy-module", action="append", default=[], metavar="MOD",
+                         help="a module `actionpolicy set MOD:Class` may import: a name "
+                              "(pkg.mod) or every module below a package (pkg.*); repeatable. "
+                              "None by default: only registered policies")
+    serve_p.add_argument("--policy-file", action="append", default=[], metavar="FILE.py",
+                         help="import this file at start-up as module FILE (its policies "
+                              "can then be set as FILE:Class, or by a name it registers); "
+                              "repeatable")
     serve_p.add_argument("--log-level", default="warning")
+    limits = serve_p.add_argument_group("limits")
+    limits.add_argument("--walker-threads", type=_count, default=64, metavar="N",
+                        help="threads for walker runs (default %(default)s)")
+    limits.add_argument("--walker-queue", type=_count0, default=256, metavar="N",
+                        help="walker runs that may wait for a thread; more are answered 503 "
+                             "with Retry-After (default %(default)s)")
+    limits.add_argument("--admin-threads", type=_count, default=16, metavar="N",
+                        help="threads for the admin API, never taken by walker runs "
+                             "(default %(default)s)")
+    limits.add_argument("--max-body-mb", type=_megabytes, default=8.0, metavar="MB",
+                        help="largest request body in MiB; larger ones are answered 413 "
+                             "(default %(default)g)")
+    limits.add_argument("--max-replicas", type=_count, default=32, metavar="N",
+                        help="most replicas of any one action (default %(default)s; "
+                             "`config set max_replicas` changes it)")
+    serve_p.add_argument("--state-dir", default=None, metavar="DIR",
+                         help="where the list of this server's child processes is kept, so "
+                              "the next server on this address stops what a killed one left "
+                              "(default $XDG_STATE_HOME/jsorc or ~/.local/state/jsorc)")
+    serve_p.add_argument("--shutdown-timeout", type=_seconds, default=10.0, metavar="S",
+                         help="on SIGTERM, requests in flight get S seconds, and closing "
+                              "(replicas, services) S more; a second SIGTERM forces "
+                              "(default %(default)s)")
 
     actions = sub.add_parser("actions", help="configure, load, unload actions").add_subparsers(
         dest="verb", required=True)
@@ -327,13 +361,44 @@ def status_table(answer: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- server side
 
 
+def _count(value: str, least: int = 1) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = least - 1
+    if number < least:
+        raise argparse.ArgumentTypeError(f"must be an int >= {least}, got {value!r}")
+    return number
+
+
+def _count0(value: str) -> int:
+    return _count(value, 0)
+
+
+def _megabytes(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number * 1024 * 1024 < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of MiB > 0, got {value!r}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    from jsorc_live.shutdown import seconds
+
+    return seconds(value)
+
+
 def serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
+    from jsorc_live import shutdown
     from jsorc_live.api import build_service
+    from jsorc_live.children import CHILDREN, StateFileBusy, default_state_dir, state_path
     from jsorc_live.kube import KubeError, KubeSettings
+    from jsorc_live.limits import PoolSizes
 
     if not args.token:
         fail("serve needs an admin token: pass --token or set JSORC_TOKEN")
@@ -346,19 +411,38 @@ def serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kube = KubeSettings(in_cluster=args.in_cluster, config=args.kubeconfig,
                         context=args.context, keep_on_shutdown=args.keep_on_shutdown)
+    # Before anything starts: stop what a killed server on this address left running.
+    try:
+        CHILDREN.use_state_file(state_path(args.state_dir or default_state_dir(), args.host,
+                                           args.port))
+    except (StateFileBusy, OSError) as exc:
+        fail(f"cannot start: {exc}")
     try:
         service, app = build_service(args.token, backend=args.backend, config=args.config,
-                                     policy=args.policy, kube=kube, namespace=args.namespace)
+                                     policy=args.policy, kube=kube, namespace=args.namespace,
+                                     allowed_policy_modules=tuple(args.allow_policy_module),
+                                     policy_files=tuple(args.policy_file),
+                                     pools=PoolSizes(args.walker_threads, args.walker_queue,
+                                                     args.admin_threads),
+                                     max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                                     max_replicas=args.max_replicas)
         ops_cli.serving(app, args)  # the URL Prometheus scrapes; --keep-alive
     except (KubeError, ValueError) as exc:  # a bad kubeconfig, cluster or namespace
+        CHILDREN.release_state_file()
         fail(f"cannot start: {exc}")
     except Exception as exc:
+        CHILDREN.release_state_file()
         fail(f"cannot start: {type(exc).__name__}: {exc}")
     print(f"jsorc serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    finally:
-        service.close()
+
+    def close() -> None:
+        try:
+            service.close()
+        finally:
+            CHILDREN.release_state_file()
+
+    shutdown.serve(app, host=args.host, port=args.port, log_level=args.log_level, close=close,
+                   grace_s=args.shutdown_timeout, close_s=args.shutdown_timeout)
     return 0
 
 

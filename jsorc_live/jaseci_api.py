@@ -27,15 +27,27 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from jsorc_live import api_models as m
 from jsorc_live.actions.config import DEFAULT_CONFIG_MODULE
+from jsorc_live.api_models import BadRequest, read_json_object
+from jsorc_live.api_schema import RETRY_AFTER, Auth, Operation
 from jsorc_live.jaseci_loadtest import synthetic_apps
 from jsorc_live.jaseci_login import NOT_CONFIGURED, AdminCredentials, LoginLimiter
-from jsorc_live.jaseci_ops import ADMIN, JASECI_KITS, OPS, Op, coerce_args, jsorc_policy_params
+from jsorc_live.jaseci_ops import (
+    ADMIN,
+    JASECI_KITS,
+    OPS,
+    Op,
+    coerce_args,
+    jsorc_policy_params,
+    request_schema,
+)
 from jsorc_live.jaseci_states import StateRecorder
+from jsorc_live.limits import Pools, refuse, run_handler
 from jsorc_live.meta_config import (
     CONFIG_NAMES,
     SERVICE_ALIASES,
@@ -325,6 +337,7 @@ class JaseciApi:
                 raise RuntimeRefusal(f"META_CONFIG refused at refresh, nothing changed: "
                                      f"{exc}", getattr(exc, "status", 409)) from None
             self.pending = None
+            self.service.apply_settings()
             return doc
 
     def close(self) -> None:
@@ -398,12 +411,9 @@ Authorise = Callable[[Request], JSONResponse | None]
 WalkerRun = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def _refuse(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"success": False, "message": message}, status_code=status)
-
-
-async def _fields(request: Request) -> dict[str, Any] | JSONResponse:
-    """The body as a dict: a JSON object, or a form (jsctl's login; Jaseci takes both)."""
+async def _fields(request: Request) -> dict[str, Any]:
+    """The body as a dict: a JSON object (strict: jsorc_live.api_models), or a form
+    (jsctl's login; Jaseci takes both). BadRequest names what is wrong."""
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -413,23 +423,46 @@ async def _fields(request: Request) -> dict[str, Any] | JSONResponse:
             pairs = urllib.parse.parse_qsl(raw.decode(), keep_blank_values=True,
                                            strict_parsing=True)
         except (ValueError, UnicodeDecodeError) as exc:
-            return _refuse(400, f"malformed form body: {exc}")
+            raise BadRequest(f"malformed form body: {exc}") from None
         return dict(pairs)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _refuse(400, f"malformed JSON body: {exc}")
-    if not isinstance(data, dict):
-        return _refuse(400, f"the body must be a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(raw)
+
+
+#: What each op answers, where it is not jsorc's `{"success": true, ...}` object.
+ANSWERS: Mapping[str, type[BaseModel] | Mapping[str, Any]] = {
+    "actions_config": m.ActionAnswer, "actions_load": m.ActionAnswer,
+    "actions_status": m.ActionAnswer, "actions_unload": m.ActionAnswer,
+    "actionpolicy_get": m.PolicyAnswer,
+    "trackact_stop": {"type": "array", "items": {"type": "object"},
+                      "description": "JSORC's: one entry per walker run"},
+    "benchmark_report": {"type": "object", "description": "the report, bare"},
+    "benchmark_stop": {"type": "object", "description": "the report, bare ({} when none "
+                       "runs, or report false)"},
+    "tracksys_start": {"type": "object"}, "tracksys_report": {"type": "object"},
+    "tracksys_stop": {"type": "object"}, "loadtest": {"type": "object"},
+    "config_get": {"type": "string", "description": "the META_CONFIG document as JSON text"},
+    "config_set": {"type": "array", "items": {"type": "string"}},
+    "walker_run": m.WalkerRunAnswer,
+}
+
+#: The statuses each op refuses with (beyond the body checks' and the token's).
+REFUSALS: Mapping[str, tuple[int, ...]] = {
+    "actions_config": (404, 409), "actions_load": (404, 409, 422),
+    "actions_status": (404,), "actions_unload": (404, 409), "actionpolicy_set": (404,),
+    "trackact_stop": (409,), "benchmark_report": (409,), "benchmark_stop": (409,),
+    "tracksys_start": (409, 502), "tracksys_report": (409, 502), "tracksys_stop": (409, 502),
+    "loadtest": (404, 409, 422, 502), "refresh": (409,), "config_get": (404,),
+    "config_set": (404, 409), "service_info": (404,), "service_refresh": (404, 409, 504),
+    "walker_run": (404, 409, 502, 503),
+}
 
 
 def add_routes(app: FastAPI, api: JaseciApi, *, authorised: Authorise,
-               walker_run: WalkerRun) -> None:
+               walker_run: WalkerRun, pools: Pools) -> list[Operation]:
     """Jaseci's paths on `app`: every op of `OPS` and the login, each with and without the
-    trailing slash. Admin ops need the token (`authorised`); /js/walker_run is as public as
-    jsorc's /walker_run, but a token that is sent must be right."""
-
+    trailing slash; their documentation. Admin ops need the token (`authorised`) and run on
+    the admin pool; /js/walker_run is as public as jsorc's /walker_run (and runs on the
+    walker pool), but a token that is sent must be right."""
     def endpoint(op: Op) -> Callable[[Request], Any]:
         method = getattr(api, op.method) if op.prefix == ADMIN else None
 
@@ -438,35 +471,47 @@ def add_routes(app: FastAPI, api: JaseciApi, *, authorised: Authorise,
                 denied = authorised(request)
                 if denied is not None:
                     return denied
-            body = await _fields(request)
-            if isinstance(body, JSONResponse):
-                return body
             try:
-                kwargs = coerce_args(op, body)
-                if method is None:  # walker_run: jsorc's own handler
-                    result: Any = await run_in_threadpool(
-                        walker_run, {"name": kwargs["name"], "ctx": kwargs["ctx"]})
-                else:
-                    result = await run_in_threadpool(method, **kwargs)
+                kwargs = coerce_args(op, await _fields(request))
+            except BadRequest as exc:
+                return refuse(400, str(exc))
             except RuntimeRefusal as exc:
-                return _refuse(exc.status, str(exc))
-            status = int(result.pop("_status", 200)) if isinstance(result, dict) else 200
-            return JSONResponse(result, status_code=status)
+                return refuse(exc.status, str(exc))
+            if method is None:  # walker_run: jsorc's own handler, on the walker pool
+                answer = await run_handler(pools, True, op.path, walker_run,
+                                           {"name": kwargs["name"], "ctx": kwargs["ctx"]})
+            else:
+                answer = await run_handler(pools, False, op.path, method, **kwargs)
+            if isinstance(answer, Response):
+                return answer
+            return JSONResponse(answer[1], status_code=answer[0])
 
         return run
 
     async def login(request: Request) -> Response:
-        body = await _fields(request)
-        if isinstance(body, JSONResponse):
-            return body
+        try:
+            body = await _fields(request)
+        except BadRequest as exc:
+            return refuse(400, str(exc))
         address = request.client.host if request.client else "unknown"
         status, answer = api.login(address, body.get("email"), body.get("password"))
         headers = ({"Retry-After": str(answer["retry_after_s"])} if status == 429 else None)
         return JSONResponse(answer, status_code=status, headers=headers)
 
+    docs = []
     for op in OPS.values():
         handler = endpoint(op)
         for path in (op.path, op.path + "/"):
             app.add_api_route(path, handler, methods=["POST"], include_in_schema=False)
+        walker = op.prefix != ADMIN
+        docs.append(Operation(
+            op.path, f"Jaseci's {op.name}", ANSWERS.get(op.method, m.Answer),
+            request_schema(op), REFUSALS.get(op.method, ()),
+            auth=Auth.OPTIONAL if walker else Auth.ADMIN,
+            headers={503: RETRY_AFTER} if walker else {}, tags=("jaseci",)))
     for path in ("/user/token", "/user/token/"):
         app.add_api_route(path, login, methods=["POST"], include_in_schema=False)
+    docs.append(Operation("/user/token/", "Jaseci's login: the admin token", m.TokenAnswer,
+                          m.Login, (429, 503), auth=Auth.NONE, forms=True,
+                          headers={429: RETRY_AFTER}, tags=("jaseci",)))
+    return docs

@@ -18,16 +18,16 @@ parameters to jsorc's names (`jsorc_policy_params`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jsorc_live.api_models import BadRequest, read_json_value
 from jsorc_live.runtime import RuntimeRefusal
 
 __all__ = ["ADMIN", "JASECI_KITS", "JSORC_POLICIES", "MANUAL_POLICIES", "OPS", "USER", "Arg",
-           "Op", "coerce_args", "jsorc_policy_params", "registered_policy"]
+           "Op", "coerce_args", "jsorc_policy_params", "registered_policy", "request_schema"]
 
 # --------------------------------------------------------------------------- names
 
@@ -49,7 +49,11 @@ JASECI_KITS = frozenset({"jaseci_ai_kit.config", "jac_nlp.config", "jac_speech.c
 
 
 def registered_policy(name: str) -> str:
-    """jsorc's registered name for one of JSORC's policy names (any case); others as given."""
+    """jsorc's registered name for one of JSORC's policy names (any case); others as given
+    (a registered name or module:Class, which the registry checks against the server's
+    allow-list before importing anything). A name that is not a non-empty string is refused."""
+    if not isinstance(name, str) or not name.strip():
+        raise RuntimeRefusal(f"policy name must be a non-empty string, got {name!r:.80}")
     return JSORC_POLICIES.get(name.casefold(), name)
 
 
@@ -116,8 +120,8 @@ def _coerce(op: str, arg: Arg, value: Any) -> Any:
             if not value.strip():
                 return {}
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
+                value = read_json_value(value)
+            except BadRequest as exc:
                 raise RuntimeRefusal(f"{where} must be a JSON object: {exc}") from None
         if not isinstance(value, dict):
             raise RuntimeRefusal(f"{where} must be a JSON object, got {value!r:.80}")
@@ -172,6 +176,51 @@ def coerce_args(op: Op, body: Mapping[str, Any]) -> dict[str, Any]:
                                  f"{arg.why} (leave it out, or {arg.default!r})")
         out[arg.name] = value
     return out
+
+
+_KIND_SCHEMAS: Mapping[type, list[dict[str, Any]]] = {
+    str: [{"type": "string"}],
+    bool: [{"type": "boolean"}, {"type": "string", "enum": sorted(_TRUE | _FALSE)}],
+    int: [{"type": "integer"}, {"type": "string", "pattern": r"^\s*[+-]?[0-9]+\s*$"}],
+    float: [{"type": "number"},
+            {"type": "string", "pattern": r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)"
+                                         r"([eE][+-]?[0-9]+)?\s*$"}],
+    dict: [{"type": "object"}, {"type": "string", "description": "the object as JSON text"}],
+}
+
+
+def _arg_schema(arg: Arg) -> dict[str, Any]:
+    """What `_coerce` takes for `arg` (null is its default), as JSON Schema."""
+    if arg.kind is object:
+        return {"description": "any JSON value"}
+    if arg.fixed:  # only the default means anything here
+        if isinstance(arg.default, bool):
+            words = sorted(_TRUE if arg.default else _FALSE)
+            kinds: list[dict[str, Any]] = [{"const": arg.default},
+                                           {"type": "string", "enum": words}]
+        elif arg.default is None:
+            kinds = []
+        else:
+            kinds = [{"const": arg.default}]
+        kinds.append({"type": "null"})
+        return {"anyOf": kinds, "description": f"not supported: {arg.why}"}
+    kinds = [dict(k) for k in _KIND_SCHEMAS[arg.kind]]
+    if arg.kind is str and arg.required:
+        kinds[0]["minLength"] = 1
+    if not arg.required:
+        kinds.append({"type": "null"})
+    return {"anyOf": kinds} if len(kinds) > 1 else kinds[0]
+
+
+def request_schema(op: Op) -> dict[str, Any]:
+    """The JSON Schema of `op`'s body, as `coerce_args` reads it (pure): jsctl's strings
+    for numbers and booleans, null for a default, and the clients' own fields."""
+    properties: dict[str, Any] = {arg.name: _arg_schema(arg) for arg in op.args}
+    properties["op"] = {"const": op.name, "description": "the op's name (JSORC's tests)"}
+    properties["output"] = {"description": "jsctl's -o: a file jsctl writes itself"}
+    return {"type": "object", "properties": properties,
+            "required": [arg.name for arg in op.args if arg.required],
+            "additionalProperties": False}
 
 
 def _op(name: str, *args: Arg, prefix: str = ADMIN, method: str = "") -> Op:

@@ -63,6 +63,7 @@ class MetaConfig(BaseModel):
     namespace: str = Field(min_length=1)
     keep_alive: list[str]
     kubernetes: bool | KubernetesConfig | None  # None, false: no Kubernetes
+    max_replicas: int = Field(ge=1)  # the replica cap of any one action
 
     @field_validator("keep_alive")
     @classmethod

@@ -8,7 +8,7 @@
 - `RuntimeMetrics`: the runtime's end-to-end call latency by action and placement
   (`jsorc_call_latency_seconds`, a histogram built from the call log, so the router needs
   no hook), where each action is placed (`jsorc_action_placement`) and the replicas asked for
-  (`jsorc_replicas_desired`). The call counters and ready replicas are api._Metrics'.
+  (`jsorc_replicas_desired`). The call counters and ready replicas are api_routes._Metrics'.
 """
 
 from __future__ import annotations

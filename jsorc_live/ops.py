@@ -1,28 +1,32 @@
 """The operator's side of a running jsorc: keep-alive services, tracksys, the runtime's
 process and latency metrics, and their admin commands.
 
-`Ops.attach(app, service, registry)` (from api.make_app) adds to the app: the process
-collector, `RuntimeMetrics` and `HttpBytes` (jsorc_live.metrics) on its /metrics, and the
-handlers of
+`Ops.attach(app, service, registry)` (from api_routes.make_app) adds to the app: the
+process collector, `RuntimeMetrics` and `HttpBytes` (jsorc_live.metrics) on its /metrics, and
+the routes (`routes()`) of
 
     POST /jsorc/tracksys/start | stop | report
     POST /jsorc/service/refresh {"name": N} | /jsorc/service/status
 
-which api.make_app serves like its own (token, JSON, refusals). `Ops.start` (at the app's
-start-up) runs the MetaService that keeps the META_CONFIG `keep_alive` services alive;
-`Ops.close` (at shutdown) stops them. `serving` tells it the URL the runtime serves on, so
-Prometheus can scrape it, and applies `jsorc serve --keep-alive`.
+which make_app serves like its own (token, checked JSON, refusals, the admin pool).
+`Ops.start` (at the app's start-up) runs the MetaService that keeps the META_CONFIG
+`keep_alive` services alive; `Ops.close` (at shutdown) stops them. `serving` tells it the
+URL the runtime serves on, so Prometheus can scrape it, and applies `jsorc serve
+--keep-alive`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
+from pydantic import BaseModel
 
+from jsorc_live.api_models import Answer, Empty, ServiceName
+from jsorc_live.api_schema import Handler, Operation, Route
 from jsorc_live.metrics import HttpByteCounters, HttpBytes, RuntimeMetrics
 from jsorc_live.runtime import RuntimeRefusal
 from jsorc_live.services import MetaService, ScrapeTarget, ServiceError
@@ -32,8 +36,6 @@ if TYPE_CHECKING:
     from jsorc_live.api import JsorcService
 
 __all__ = ["Ops", "serving"]
-
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Ops:
@@ -60,7 +62,7 @@ class Ops:
     @classmethod
     def attach(cls, app: FastAPI, service: JsorcService, registry: CollectorRegistry) -> Ops:
         """Ops for `service`, its metrics added to `registry` and its byte counting to
-        `app` (its handlers are `handlers()`)."""
+        `app` (its routes are `routes()`)."""
         ops = cls(service)
         ProcessCollector(registry=registry)
         registry.register(RuntimeMetrics(service.runtime))
@@ -113,15 +115,25 @@ class Ops:
 
     # ----------------------------------------------------------------- commands
 
-    def handlers(self) -> dict[str, Handler]:
-        """The admin endpoints, for api.make_app's table."""
-        return {
-            "/jsorc/tracksys/start": lambda d: self._tracksys(self.tracksys.start),
-            "/jsorc/tracksys/stop": lambda d: self._tracksys(self.tracksys.stop),
-            "/jsorc/tracksys/report": lambda d: self._tracksys(self.tracksys.report),
-            "/jsorc/service/refresh": lambda d: self.service_refresh(_name(d)),
-            "/jsorc/service/status": lambda d: self.service_status(),
-        }
+    def routes(self) -> list[Route]:
+        """The admin routes, for api_routes.make_app's table."""
+        def r(path: str, summary: str, model: type[BaseModel], answer: type[BaseModel],
+              handler: Handler, *refusals: int) -> Route:
+            return Route(Operation(path, summary, answer, model, refusals, tags=("ops",)),
+                         handler)
+
+        return [
+            r("/jsorc/tracksys/start", "start tracking the system's usage", Empty, Answer,
+              lambda d: self._tracksys(self.tracksys.start), 409, 502),
+            r("/jsorc/tracksys/stop", "stop tracking; the usage report", Empty, Answer,
+              lambda d: self._tracksys(self.tracksys.stop), 409, 502),
+            r("/jsorc/tracksys/report", "the usage report so far", Empty, Answer,
+              lambda d: self._tracksys(self.tracksys.report), 409, 502),
+            r("/jsorc/service/refresh", "restart a kept-alive service", ServiceName, Answer,
+              lambda d: self.service_refresh(d["name"]), 404, 409, 504),
+            r("/jsorc/service/status", "the kept-alive services", Empty, Answer,
+              lambda d: self.service_status()),
+        ]
 
     def _tracksys(self, command: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         try:
@@ -144,13 +156,6 @@ class Ops:
     def service_status(self) -> dict[str, Any]:
         return {"success": True, "keep_alive": list(self.service.settings.keep_alive),
                 "services": self.meta.status()}
-
-
-def _name(d: Mapping[str, Any]) -> str:
-    name = d.get("name")
-    if not isinstance(name, str) or not name:
-        raise RuntimeRefusal(f"field 'name' must be a non-empty string, got {name!r}")
-    return name
 
 
 def serving(app: FastAPI, host: str, port: int, keep_alive: str | None = None,

@@ -1,10 +1,11 @@
 """The live runtime: walkers making action calls, and one router per action.
 
 A *walker* (an app of JSORC's loadtest, or one a user adds) is a sequence of action calls.
-Each call goes through its action's `Router`, which sends it to the placement that is ready:
-the local module (imported into this process) or remote replicas (action servers, dealt
-round-robin). A move never fails a call: calls keep using the old placement until the new one
-answers, then the old one is drained (its in-flight calls finish) before it is unloaded.
+Each call goes through its action's `Router` (jsorc_live.router), which sends it to the
+placement that is ready: the local module (imported into this process) or remote replicas
+(action servers, the least-loaded first), each call within its deadline. A move never fails a
+call: calls keep using the old placement until the new one answers, then the old one is
+drained (its in-flight calls finish, or reach their deadline) before it is unloaded.
 
 Every call is a row of the simulator's `calls` table and every walker run a row of its
 `requests` table, so the live log and the simulated one can be read with the same code.
@@ -12,9 +13,8 @@ What the controller observes comes from events instead: the routers and walkers 
 each call, replica, local copy and request to the runtime's `observations`
 (`jsorc_live.signals.LiveSignals`), the one builder both worlds use.
 
-Threads, not asyncio: local calls are CPU work and the action client is synchronous, so the
-API runs walkers in its thread pool, and each router moves in a worker thread of its own.
-The router's only lock is a `threading.Condition`; no call holds it while it runs.
+The types shared with the routers and backends live in jsorc_live.runtime_types and are
+re-exported here, as is the Router.
 """
 
 from __future__ import annotations
@@ -26,19 +26,63 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from jsorc_live.router import Router
+from jsorc_live.runtime_types import (
+    ActionInfo,
+    CallFailed,
+    CallTiming,
+    Invoker,
+    LocalHandle,
+    Probe,
+    RemoteClient,
+    Replica,
+    ReplicaSource,
+    RuntimeRefusal,
+    TransportError,
+    check_timeout,
+)
 from jsorc_live.signals import LiveSignals, machine_memory_mb, node_cores
-from policies import Mode, Placement
-from policies.observe import LOCAL, REMOTE
-from policies.observe import ActionInfo as Sizes
+from jsorc_live.targets import HealthPolicy, RetryPolicy
+from policies import Mode
 
-if TYPE_CHECKING:
-    from jsorc_live.actions.config import KubernetesSpec
+__all__ = [
+    "CALL_COLUMNS",
+    "LOADTEST_APPS",
+    "REQUEST_COLUMNS",
+    "ActionInfo",
+    "CallFailed",
+    "CallTiming",
+    "HealthPolicy",
+    "Invoker",
+    "LocalHandle",
+    "Probe",
+    "RemoteClient",
+    "Replica",
+    "ReplicaSource",
+    "RetryPolicy",
+    "Router",
+    "RowLog",
+    "Runtime",
+    "RuntimeRefusal",
+    "Step",
+    "TransportError",
+    "Walker",
+    "WalkerResult",
+    "latency_report",
+    "loadtest_walkers",
+]
+
+#: A runtime's default deadline of one call (an action's `call_timeout_s` overrides it).
+DEFAULT_CALL_TIMEOUT_S = 30.0
+#: A runtime's default cap on the replicas of one action.
+DEFAULT_MAX_REPLICAS = 32
+#: How long Runtime.close waits beyond the longest drain for its routers to close.
+CLOSE_GRACE_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -98,94 +142,6 @@ def loadtest_walkers() -> list[Walker]:
     return walkers
 
 
-class RuntimeRefusal(ValueError):
-    """A request the runtime refuses (unknown action or walker, bad mode...): a 4xx."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class CallFailed(RuntimeError):
-    """An action call that failed (the action raised, or no placement answered in time)."""
-
-
-# --------------------------------------------------------------------------- injected parts
-
-
-class LocalHandle(Protocol):
-    """An action module loaded into this process (jsorc_live.actions.loader.LocalModule)."""
-
-    @property
-    def memory_mb(self) -> float: ...
-
-    def call(self, name: str, kwargs: dict[str, Any]) -> Any: ...
-
-    def unload(self) -> object: ...
-
-
-class RemoteClient(Protocol):
-    """A client of one action server (jsorc_live.actions.client.RemoteActions)."""
-
-    def call(self, name: str, kwargs: dict[str, Any]) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Replica:
-    """One remote replica: an action server at `url`.
-
-    A backend names the replicas it runs: the process backend by `pid`, the Kubernetes
-    backend by `pod` (a pod's processes are not ours to measure). A replica with neither is
-    an attached server: not ours to stop.
-    """
-
-    action: str
-    url: str
-    pid: int | None = None
-    pod: str | None = None
-
-    @property
-    def owned(self) -> bool:
-        """A backend started it (and stops it); False for an attached server."""
-        return self.pid is not None or self.pod is not None
-
-
-class ReplicaSource(Protocol):
-    """What the router needs of a backend (see backend.Backend)."""
-
-    def start_replica(self, info: ActionInfo) -> Replica: ...
-
-    def stop_replica(self, replica: Replica) -> None: ...
-
-    def healthy(self, replica: Replica) -> bool: ...
-
-
-class TransportError(Exception):
-    """Raised by a remote invoker when the replica did not answer at all (dead, refused,
-    timed out): the call may be retried on another replica. An error the action itself
-    returned is not a TransportError and is not retried."""
-
-
-@dataclass(frozen=True, slots=True)
-class ActionInfo:
-    """What the runtime knows of a configured action (from an ActionConfig)."""
-
-    name: str
-    module: str
-    local_memory_mb: float = 0.0
-    remote_memory_mb: float = 0.0
-    default_mode: Mode = Mode.LOCAL
-    setup: Mapping[str, Any] = field(default_factory=dict)  # the module's setup() arguments
-    replica_cores: int = 1  # cores of one remote replica: the calls it serves at once
-    kubernetes: KubernetesSpec | None = None  # a Kubernetes replica's container
-
-    def __post_init__(self) -> None:
-        cores = self.replica_cores
-        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-            raise ValueError(f"action {self.name!r}: replica_cores must be an int >= 1, "
-                             f"got {cores!r}")
-
-
 @dataclass(frozen=True, slots=True)
 class Step:
     """One action call of a walker: `action.function(**kwargs)` with kwargs from the ctx.
@@ -207,615 +163,6 @@ class Step:
 class Walker:
     name: str
     steps: tuple[Step, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CallTiming:
-    """How long a call took where it ran: `service_ms` inside the action, `network_ms` the
-    rest of a remote round trip (NaN when the server did not say how long it worked)."""
-
-    service_ms: float
-    network_ms: float
-
-
-Invoker = Callable[[str, dict[str, Any]], tuple[Any, CallTiming]]
-
-
-# --------------------------------------------------------------------------- placements
-
-
-class _Target:
-    """A placement that calls can go to, with the calls it is serving."""
-
-    placement: Placement
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self.retiring = False
-
-
-class _LocalTarget(_Target):
-    def __init__(self, handle: LocalHandle) -> None:
-        super().__init__()
-        self.handle = handle
-        self.placement = Placement.local()
-
-
-class _Link:
-    """A replica with its invoker and the calls it is serving."""
-
-    def __init__(self, replica: Replica, invoke: Invoker) -> None:
-        self.replica = replica
-        self.invoke = invoke
-        self.in_flight = 0
-        self.retiring = False
-        self.dead = False
-
-
-class _RemoteTarget(_Target):
-    def __init__(self, attached: bool) -> None:
-        super().__init__()
-        self.links: list[_Link] = []
-        self.attached = attached  # an action server we were given a URL of: never stopped
-        self._turn = itertools.count()
-
-    @property
-    def placement(self) -> Placement:  # type: ignore[override]
-        return Placement.remote(max(1, len(self.ready)))
-
-    @property
-    def ready(self) -> list[_Link]:
-        return [link for link in self.links if not link.retiring and not link.dead]
-
-    def next_link(self) -> _Link | None:
-        ready = self.ready
-        return ready[next(self._turn) % len(ready)] if ready else None
-
-
-def _same(a: Placement, b: Placement) -> bool:
-    return a.mode is b.mode and a.replicas == b.replicas
-
-
-class _Attempt:
-    """One call's progress, for its events: its token, where it was dispatched (-1: not
-    yet), whether it waited for a first placement (cold)."""
-
-    __slots__ = ("cold", "token", "where")
-
-    def __init__(self, token: int) -> None:
-        self.token = token
-        self.where = -1
-        self.cold = False
-
-
-def _for_memory(exc: BaseException) -> bool:
-    """A MemoryError anywhere in the chain (the loader wraps what setup() raised)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, MemoryError):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
-# --------------------------------------------------------------------------- router
-
-
-class Router:
-    """Where one action's calls go, and its moves between placements.
-
-    `set_placement` records the wish and returns at once; a worker thread makes it true
-    (load the new placement, switch calls to it once it answers, drain the old one, unload
-    it) and keeps going until the wish and the placement agree, so the last wish wins.
-
-    Every call, replica and local copy is reported to `signals` as it happens: a replica is
-    ready when it joins the target that serves calls, retiring when it leaves balancing
-    (scaled down, moved away, dead), gone once stopped (or let go, when attached).
-    """
-
-    def __init__(self, info: ActionInfo, *, load_local: Callable[[ActionInfo], LocalHandle],
-                 replicas: ReplicaSource | None, connect: Callable[[Replica], Invoker],
-                 clock: Callable[[], float], signals: LiveSignals,
-                 ready_timeout_s: float = 60.0) -> None:
-        self.info = info
-        self._signals = signals
-        self._load_local = load_local
-        self._replicas = replicas
-        self._connect = connect
-        self._clock = clock
-        self._ready_timeout_s = ready_timeout_s
-        self._cond = threading.Condition()
-        self._active: _Target | None = None
-        self._draining: list[_Target] = []
-        self._desired = Placement.unloaded()
-        self._attach_url: str | None = None
-        self._worker: threading.Thread | None = None
-        self._closed = False
-        self.last_error = ""
-        self.local_memory_mb = info.local_memory_mb
-        self.events: list[dict[str, Any]] = []
-        self._announce()
-
-    def _announce(self) -> None:
-        """Tell the observations the action's sizes (again once a load measured them)."""
-        info = self.info
-        self._signals.add_action(self.name, Sizes(
-            self.local_memory_mb, info.remote_memory_mb or self.local_memory_mb,
-            info.replica_cores))
-
-    # ----------------------------------------------------------------- state
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    @property
-    def placement(self) -> Placement:
-        """Where calls go now (unloaded while nothing is ready)."""
-        with self._cond:
-            return self._active.placement if self._active else Placement.unloaded()
-
-    @property
-    def desired(self) -> Placement:
-        with self._cond:
-            return self._desired
-
-    @property
-    def in_flight(self) -> int:
-        with self._cond:
-            return sum(t.in_flight for t in self._targets())
-
-    @property
-    def replicas_ready(self) -> int:
-        with self._cond:
-            active = self._active
-            return len(active.ready) if isinstance(active, _RemoteTarget) else 0
-
-    @property
-    def transition(self) -> bool:
-        with self._cond:
-            return self._moving()
-
-    def state(self) -> tuple[Placement, Placement, bool]:
-        """(placement, desired, transition), read at one moment."""
-        with self._cond:
-            have = self._active.placement if self._active else Placement.unloaded()
-            return have, self._desired, self._moving()
-
-    @property
-    def local_loaded(self) -> bool:
-        """A local copy is on the node (serving or draining): it takes memory."""
-        with self._cond:
-            return any(isinstance(t, _LocalTarget) for t in self._targets())
-
-    def _targets(self) -> list[_Target]:
-        return ([self._active] if self._active else []) + self._draining
-
-    def _moving(self) -> bool:
-        """Not yet what was asked, or still draining: an old target, or replicas a scale-down
-        took out of balancing that are not stopped yet."""
-        active = self._active
-        have = active.placement if active else Placement.unloaded()
-        if not _same(have, self._desired) or self._draining:
-            return True
-        return isinstance(active, _RemoteTarget) and any(link.retiring for link in active.links)
-
-    def status(self) -> dict[str, Any]:
-        """JSORC's `action_status`: mode (what was asked: module, remote or unloaded), with
-        where calls go now, and the remote replicas' URL and status."""
-        with self._cond:
-            desired = self._desired
-            active = self._active
-            mode = {Mode.LOCAL: "module", Mode.REMOTE: "remote",
-                    Mode.UNLOADED: "unloaded"}[desired.mode]
-            out: dict[str, Any] = {
-                "name": self.name,
-                "mode": mode,
-                "placement": str(active.placement if active else Placement.unloaded()),
-                "desired": str(desired),
-                "transition": self._moving(),
-                "in_flight": sum(t.in_flight for t in self._targets()),
-                "module": self.info.module,
-            }
-            remote = next((t for t in self._targets() if isinstance(t, _RemoteTarget)), None)
-            if desired.mode is Mode.REMOTE or remote is not None:
-                ready = remote.ready if remote else []
-                ready_now = isinstance(active, _RemoteTarget) and bool(ready)
-                out["remote"] = {
-                    "url": ready[0].replica.url if ready else self._attach_url,
-                    "status": "READY" if ready_now else "STARTING",
-                    "replicas": [link.replica.url for link in ready],
-                    "attached": self._attach_url is not None,
-                }
-            if self.last_error:
-                out["error"] = self.last_error
-            return out
-
-    # ----------------------------------------------------------------- moves
-
-    def set_placement(self, placement: Placement, *, url: str | None = None) -> None:
-        """Ask for `placement`; `url` attaches an already-running action server as the one
-        remote replica. Returns at once (wait_settled waits)."""
-        with self._cond:
-            if self._closed:
-                raise RuntimeRefusal(f"action {self.name!r} is shut down", 409)
-            if placement.mode is Mode.REMOTE:
-                if url is not None and url != self._attach_url:
-                    # Attaching replaces whatever remote replicas we had.
-                    self._attach_url = url
-                    self._retire_remote()
-                elif url is None and self._attach_url is not None:
-                    self._attach_url = None
-                    self._retire_remote()
-                if self._attach_url is not None:
-                    placement = Placement.remote(1)
-            self._desired = placement
-            self.last_error = ""
-            self._kick()
-
-    def _retire_remote(self) -> None:
-        # The active remote target stays until the new one answers; only flag it so the
-        # worker does not scale it into the new shape.
-        if isinstance(self._active, _RemoteTarget):
-            self._active.retiring = True
-
-    def _kick(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._reconcile, name=f"move-{self.name}",
-                                             daemon=True)
-            self._worker.start()
-        self._cond.notify_all()
-
-    def wait_settled(self, timeout_s: float) -> bool:
-        """Wait until the placement is what was asked and nothing drains; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._moving() and not self.last_error:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.1))
-            return not self._moving()
-
-    def _reconcile(self) -> None:
-        while True:
-            with self._cond:
-                want, active = self._desired, self._active
-                if self._closed or self.last_error:
-                    # A failed move keeps the placement; a new set_placement retries.
-                    self._worker = None
-                    self._cond.notify_all()
-                    return
-                have = active.placement if active else Placement.unloaded()
-                if _same(have, want):
-                    self._worker = None
-                    self._cond.notify_all()
-                    return
-                scalable = (isinstance(active, _RemoteTarget) and not active.retiring
-                            and want.mode is Mode.REMOTE)
-            try:
-                if want.mode is Mode.UNLOADED:
-                    self._drain_and_release(self._activate(None))
-                elif want.mode is Mode.LOCAL:
-                    self._drain_and_release(self._activate(self._build_local()))
-                elif scalable:
-                    assert isinstance(active, _RemoteTarget)
-                    self._scale(active, want.replicas)
-                else:
-                    self._move_remote(want.replicas)
-            except Exception as exc:  # loading user code can fail in any way
-                message = f"{type(exc).__name__}: {exc}"
-                with self._cond:
-                    if not _same(self._desired, want):
-                        continue  # superseded while it ran: go after the new wish
-                    log.warning("move of %s to %s failed: %s", self.name, want, message)
-                    self.last_error = f"move to {want} failed: {message}"
-                    self._event("move_failed", self.last_error)
-                    self._cond.notify_all()
-
-    def _build_local(self) -> _LocalTarget:
-        self._signals.local(self.name, "loading")
-        try:
-            handle = self._load_local(self.info)
-        except BaseException as exc:
-            self._signals.local(self.name, "none")
-            if _for_memory(exc):
-                # The node had no room for the copy: the live world's out-of-memory event
-                # (the load is refused, the runtime keeps serving).
-                self._signals.out_of_memory()
-            raise
-        measured = float(getattr(handle, "memory_mb", 0.0) or 0.0)
-        if measured > 0:
-            self.local_memory_mb = measured
-            self._announce()
-        return _LocalTarget(handle)
-
-    def _move_remote(self, replicas: int) -> None:
-        """Start `replicas` replicas; switch calls to them when the first answers, let the
-        others join as they answer, then drain and release the old placement."""
-        if self._attach_url is not None:
-            target = _RemoteTarget(attached=True)
-            replica = Replica(self.name, self._attach_url, None)
-            target.links.append(_Link(replica, self._connect(replica)))
-            self._drain_and_release(self._activate(target))
-            return
-        target = _RemoteTarget(attached=False)
-        with ThreadPoolExecutor(max_workers=replicas,
-                                thread_name_prefix=f"start-{self.name}") as pool:
-            pending: set[Future[None]] = {pool.submit(self._start_link, target)
-                                          for _ in range(replicas)}
-            errors: list[str] = []
-            old: _Target | None = None
-            switched = False
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                errors += [f"{type(f.exception()).__name__}: {f.exception()}"
-                           for f in done if f.exception() is not None]
-                with self._cond:
-                    first = not switched and bool(target.links) and not target.retiring
-                if first:
-                    old, switched = self._activate(target), True
-        if not switched:
-            with self._cond:
-                target.retiring = True
-            for link in target.links:
-                self._stop_replica(link.replica)
-            raise CallFailed("no replica started: " + "; ".join(errors))
-        self._drain_and_release(old)
-
-    def _start_link(self, target: _RemoteTarget) -> None:
-        if self._replicas is None:
-            raise RuntimeRefusal("no backend to start replicas with; attach a url", 409)
-        replica = self._replicas.start_replica(self.info)
-        # The backend names a replica only once it answers, so "starting" comes here.
-        self._signals.replica_starting(self.name, replica.url)
-        link = _Link(replica, self._connect(replica))
-        with self._cond:
-            # Superseded while it started (closed, retired, or the wish is no longer remote).
-            orphan = (self._closed or target.retiring
-                      or self._desired.mode is not Mode.REMOTE)
-            if not orphan:
-                target.links.append(link)
-                if target is self._active:
-                    self._signals.replica_ready(self.name, replica.url)
-                self._cond.notify_all()
-        if orphan:
-            self._stop_replica(replica)
-
-    def _activate(self, new: _Target | None) -> _Target | None:
-        """Make `new` where calls go; return the old target (now retiring) to drain."""
-        with self._cond:
-            old = self._active
-            self._active = new
-            if old is not None:
-                old.retiring = True
-                self._draining.append(old)
-                self._report(old, serving=False)
-            if new is not None:
-                self._report(new, serving=True)
-            self._event("placement", str(new.placement if new else Placement.unloaded()))
-            self._cond.notify_all()
-            return old
-
-    def _report(self, target: _Target, *, serving: bool) -> None:
-        """`target` starts or stops taking calls (called holding the condition)."""
-        if isinstance(target, _LocalTarget):
-            self._signals.local(self.name, "ready" if serving else "draining")
-        elif isinstance(target, _RemoteTarget):
-            for link in target.ready:
-                if serving:
-                    self._signals.replica_ready(self.name, link.replica.url)
-                else:
-                    self._signals.replica_retiring(self.name, link.replica.url)
-
-    def _drain_and_release(self, old: _Target | None) -> None:
-        if old is None:
-            return
-        with self._cond:
-            while old.in_flight > 0:
-                self._cond.wait(0.5)
-        try:
-            if isinstance(old, _LocalTarget):
-                old.handle.unload()
-                self._signals.local(self.name, "none")
-            elif isinstance(old, _RemoteTarget):
-                for link in old.links:
-                    self._stop_replica(link.replica)  # an attached one is only let go
-        finally:
-            with self._cond:
-                if old in self._draining:
-                    self._draining.remove(old)
-                self._cond.notify_all()
-
-    def _stop_replica(self, replica: Replica) -> None:
-        """Stop a replica of ours (an attached one is not ours to stop)."""
-        if self._replicas is not None and replica.owned:
-            try:
-                self._replicas.stop_replica(replica)
-            except Exception:  # stopping is best effort; the backend's shutdown sweeps
-                log.exception("stopping %s", replica)
-        self._signals.replica_gone(self.name, replica.url)
-
-    def _scale(self, target: _RemoteTarget, replicas: int) -> None:
-        """Grow or shrink a serving remote target; removed replicas drain first."""
-        with self._cond:
-            ready = target.ready
-            surplus = ready[replicas:]
-            for link in surplus:
-                link.retiring = True
-                self._signals.replica_retiring(self.name, link.replica.url)
-            grow = replicas - len(ready)
-        for link in surplus:
-            with self._cond:
-                while link.in_flight > 0:
-                    self._cond.wait(0.5)
-            self._stop_replica(link.replica)
-            with self._cond:  # settled only once it is stopped (see _moving)
-                target.links.remove(link)
-                self._cond.notify_all()
-        if grow > 0:
-            with ThreadPoolExecutor(max_workers=grow) as pool:
-                futures = [pool.submit(self._start_link, target) for _ in range(grow)]
-            errors = [f"{type(f.exception()).__name__}: {f.exception()}"
-                      for f in futures if f.exception() is not None]
-            if errors:
-                raise CallFailed("replica start failed: " + "; ".join(errors))
-
-    def replica_died(self, replica: Replica) -> None:
-        """A replica's process is gone: take it out of rotation and start a replacement."""
-        with self._cond:
-            found = None
-            for target in self._targets():
-                if isinstance(target, _RemoteTarget):
-                    for link in target.links:
-                        if link.replica == replica and not link.dead:
-                            link.dead, found = True, (target, link)
-            if found is None:
-                return
-            target, link = found
-            self._signals.replica_retiring(self.name, replica.url)
-            self._event("replica_died", replica.url)
-            target.links.remove(link)
-            if target is self._active and not target.attached and not target.retiring:
-                # The reconciler sees fewer ready replicas than asked for and starts one
-                # (one place decides replica counts, so a death never doubles a start).
-                self._kick()
-            self._cond.notify_all()
-        # It may still be running (hung rather than dead): stop it.
-        threading.Thread(target=self._stop_replica, args=(replica,), daemon=True).start()
-
-    def _event(self, kind: str, detail: str) -> None:
-        self.events.append({"ts": self._clock(), "action": self.name, "kind": kind,
-                            "detail": detail})
-
-    # ----------------------------------------------------------------- calls
-
-    def call(self, function: str, kwargs: dict[str, Any], timeout_s: float = 120.0,
-             app: str = "") -> tuple[Any, dict[str, Any]]:
-        """Run one call where the action is placed now: (result, call-row fields).
-
-        Raises CallFailed when the action raised or nothing answered within `timeout_s`.
-        A call to an unloaded action loads it in its default mode and waits (cold). `app`
-        is the walker calling (for the observations' calls per request).
-        """
-        start = time.perf_counter()
-        attempt = _Attempt(self._signals.issued(self.name))
-        try:
-            result, row = self._run(function, kwargs, start, time.monotonic() + timeout_s,
-                                    attempt)
-        except BaseException:
-            latency = (time.perf_counter() - start) * 1000.0
-            self._signals.finished(self.name, attempt.token, False, latency, math.nan,
-                                   math.nan, attempt.cold, app)
-            raise
-        self._signals.finished(self.name, attempt.token, True, row["latency_ms"],
-                               row["service_ms"], row["network_ms"], row["cold"], app)
-        return result, row
-
-    def _run(self, function: str, kwargs: dict[str, Any], start: float, deadline: float,
-             attempt: _Attempt) -> tuple[Any, dict[str, Any]]:
-        tries = 0
-        while True:
-            target, link = self._acquire(deadline, attempt)
-            began = time.perf_counter()
-            try:
-                if isinstance(target, _LocalTarget):
-                    result = target.handle.call(function, kwargs)
-                    service = (time.perf_counter() - began) * 1000.0
-                    timing = CallTiming(service, 0.0)
-                else:
-                    assert link is not None
-                    result, timing = link.invoke(function, kwargs)
-            except TransportError as exc:
-                self._release(target, link)
-                tries += 1
-                if link is not None and self._link_gone(link):
-                    self.replica_died(link.replica)
-                if tries >= 3 or time.monotonic() > deadline:
-                    raise CallFailed(f"{self.name}.{function}: {exc}") from exc
-                continue
-            except Exception as exc:
-                self._release(target, link)
-                raise CallFailed(f"{self.name}.{function}: {type(exc).__name__}: {exc}") \
-                    from exc
-            self._release(target, link)
-            end = time.perf_counter()
-            latency = (end - start) * 1000.0
-            wait_ms = (began - start) * 1000.0
-            remote = isinstance(target, _RemoteTarget)
-            replica = -1
-            if remote and link is not None:
-                replica = link.replica.pid or 0
-            network = timing.network_ms if remote else 0.0
-            return result, {"placement": "remote" if remote else "local", "replica": replica,
-                            "wait_ms": wait_ms, "service_ms": timing.service_ms,
-                            "network_ms": network, "latency_ms": latency,
-                            "cold": attempt.cold}
-
-    def _link_gone(self, link: _Link) -> bool:
-        """A replica of ours that did not answer and that the backend finds unhealthy.
-        An attached server (not ours) stays in rotation: we cannot replace it."""
-        if not link.replica.owned or self._replicas is None:
-            return False
-        return not self._replicas.healthy(link.replica)
-
-    def _acquire(self, deadline: float, attempt: _Attempt) -> tuple[_Target, _Link | None]:
-        """A target for the call (and its replica when remote), counted in flight and
-        reported as the call's placement; waits while none is ready."""
-        with self._cond:
-            if self._closed:
-                raise CallFailed(f"action {self.name!r} is shut down")
-            while True:
-                target = self._active
-                link = target.next_link() if isinstance(target, _RemoteTarget) else None
-                if target is not None and (link is not None or isinstance(target, _LocalTarget)):
-                    target.in_flight += 1
-                    where = LOCAL if link is None else REMOTE
-                    if link is not None:
-                        link.in_flight += 1
-                    # Under the condition, so no replica event can come between the pick
-                    # and the report (a replica is never gone before its calls started).
-                    self._signals.placed(self.name, attempt.token, where,
-                                         None if link is None else link.replica.url,
-                                         where != attempt.where)
-                    attempt.where = where
-                    return target, link
-                if target is None and self._desired.mode is Mode.UNLOADED:
-                    attempt.cold = True
-                    self._desired = (Placement.remote(1) if self.info.default_mode
-                                     is Mode.REMOTE else Placement.local())
-                    self._event("cold_start", str(self._desired))
-                    self._kick()
-                if target is None and not self._moving():
-                    raise CallFailed(f"action {self.name!r} is not loaded")
-                if self.last_error and target is None:
-                    raise CallFailed(self.last_error)
-                attempt.cold = attempt.cold or target is None
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CallFailed(f"no placement of {self.name!r} answered in time")
-                self._cond.wait(min(left, 0.2))
-
-    def _release(self, target: _Target, link: _Link | None) -> None:
-        with self._cond:
-            target.in_flight -= 1
-            if link is not None:
-                link.in_flight -= 1
-            if target.retiring or (link is not None and link.retiring):
-                self._cond.notify_all()
-
-    def close(self) -> None:
-        """Unload everything (drained first); the router refuses calls afterwards."""
-        with self._cond:
-            self._closed = True
-            self._desired = Placement.unloaded()
-            worker = self._worker
-            self._cond.notify_all()
-        if worker is not None:
-            worker.join(timeout=self._ready_timeout_s)
-        self._drain_and_release(self._activate(None))
 
 
 # --------------------------------------------------------------------------- logs
@@ -885,17 +232,29 @@ class Runtime:
     local copies, its walkers' requests) for the controller's observer; the node it
     describes is this process on this machine (the cores it may use, the machine's memory;
     no live setting sizes the node).
+
+    `call_timeout_s` is the deadline of a call to an action that has none of its own;
+    `max_replicas` caps the replicas of any one action (both settable while it runs).
+    `health` and `retry` tune the routers' replica checks and resends; `probe` checks an
+    attached server (default: an HTTP GET of its spec).
     """
 
     def __init__(self, *, load_local: Callable[[ActionInfo], LocalHandle],
                  connect: Callable[[Replica], Invoker], replicas: ReplicaSource | None = None,
                  walkers: Iterable[Walker] = (), ready_timeout_s: float = 60.0,
-                 call_timeout_s: float = 120.0) -> None:
+                 call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+                 max_replicas: int = DEFAULT_MAX_REPLICAS,
+                 health: HealthPolicy | None = None, retry: RetryPolicy | None = None,
+                 probe: Probe | None = None) -> None:
         self._load_local = load_local
         self._connect = connect
         self._replica_source = replicas
         self._ready_timeout_s = ready_timeout_s
         self.call_timeout_s = call_timeout_s
+        self.max_replicas = max_replicas
+        self._health = health or HealthPolicy()
+        self._retry = retry or RetryPolicy()
+        self._probe = probe
         self._t0 = time.monotonic()
         self._lock = threading.Lock()
         self.routers: dict[str, Router] = {}
@@ -917,6 +276,25 @@ class Runtime:
         """Seconds since the runtime started (the `ts` of every row)."""
         return time.monotonic() - self._t0
 
+    @property
+    def call_timeout_s(self) -> float:
+        return self._call_timeout_s
+
+    @call_timeout_s.setter
+    def call_timeout_s(self, value: float) -> None:
+        check_timeout(value, "call_timeout_s")
+        self._call_timeout_s = float(value)
+
+    @property
+    def max_replicas(self) -> int:
+        return self._max_replicas
+
+    @max_replicas.setter
+    def max_replicas(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_replicas must be an int >= 1, got {value!r}")
+        self._max_replicas = value
+
     # ----------------------------------------------------------------- configuration
 
     def configure(self, info: ActionInfo) -> None:
@@ -930,7 +308,10 @@ class Runtime:
             self.routers[info.name] = Router(
                 info, load_local=self._load_local, replicas=self._replica_source,
                 connect=self._connect, clock=self.now, signals=self.observations,
-                ready_timeout_s=self._ready_timeout_s)
+                ready_timeout_s=self._ready_timeout_s,
+                call_timeout_s=lambda: self.call_timeout_s,
+                max_replicas=lambda: self.max_replicas, health=self._health,
+                retry=self._retry, probe=self._probe)
 
     def router(self, name: str) -> Router:
         router = self.routers.get(name)
@@ -1062,9 +443,25 @@ class Runtime:
     # ----------------------------------------------------------------- shutdown
 
     def close(self) -> None:
+        """Close every router at once (each drain is bounded by its action's deadline), so
+        the runtime is down within the longest drain whatever its calls do."""
         self.observations.runtime(False)
-        for router in list(self.routers.values()):
+        routers = list(self.routers.values())
+
+        def close(router: Router) -> None:
             try:
                 router.close()
             except Exception:
                 log.error("closing %s: %s", router.name, traceback.format_exc())
+
+        threads = [threading.Thread(target=close, args=(r,), name=f"close-{r.name}",
+                                    daemon=True) for r in routers]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + max((r.drain_s for r in routers), default=0.0) \
+            + CLOSE_GRACE_S
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        late = [r.name for r, t in zip(routers, threads, strict=True) if t.is_alive()]
+        if late:
+            log.warning("runtime closed with routers still closing: %s", ", ".join(late))

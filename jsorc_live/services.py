@@ -10,19 +10,23 @@ Prometheus gets a generated scrape config listing the runtime's and every replic
 `MetaService` rewrites it when the targets change and Prometheus re-reads it on SIGHUP. The
 config is JSON, which is YAML too, so nothing here needs a YAML library.
 
-`Backoff.delays`, `scrape_config` and the command builders are pure functions.
+Services are started through jsorc_live.children (a minimal environment, their own process
+group, a parent-death signal, a line in the server's state file); stopping is bounded:
+SIGTERM to the group, SIGKILL after `stop_grace_s`, and `MetaService.close` asks every
+service to stop before it waits for any.
+
+`Backoff.delays` is pure; what each kind of service is, and the scrape config, are the pure
+half in jsorc_live.service_kinds.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -33,14 +37,26 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from jsorc_live.backend import free_port
+from jsorc_live.children import CHILDREN, Children
+from jsorc_live.service_kinds import (
+    KINDS,
+    ScrapeTarget,
+    ServiceKind,
+    prometheus_command,
+    prometheus_ready,
+    redis_command,
+    redis_ping,
+    scrape_config,
+)
 
 log = logging.getLogger(__name__)
 
+# The kinds and the scrape config live in service_kinds; they are named here too, where the
+# callers have always found them.
 __all__ = ["KINDS", "Backoff", "KeptService", "MetaService", "ScrapeTarget", "ServiceError",
-           "ServiceKind", "State", "scrape_config"]
+           "ServiceKind", "State", "prometheus_command", "prometheus_ready", "redis_command",
+           "redis_ping", "scrape_config"]
 
 
 class ServiceError(RuntimeError):
@@ -85,101 +101,6 @@ class Backoff:
             delay = min(delay * self.factor, self.max_s)
 
 
-# --------------------------------------------------------------------------- kinds
-
-
-def prometheus_command(binary: str, host: str, port: int, data: Path, config: Path
-                       ) -> list[str]:
-    return [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
-            f"--web.listen-address={host}:{port}", "--storage.tsdb.retention.time=1d",
-            "--log.level=warn"]
-
-
-def redis_command(binary: str, host: str, port: int, data: Path, config: Path) -> list[str]:
-    return [binary, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no",
-            "--dir", str(data), "--daemonize", "no", "--protected-mode", "yes"]
-
-
-def prometheus_ready(host: str, port: int) -> bool:
-    try:
-        return httpx.get(f"http://{host}:{port}/-/ready", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def redis_ping(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    """PING over a raw socket (RESP): True on +PONG."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@dataclass(frozen=True)
-class ServiceKind:
-    """How to run one kind of service."""
-
-    name: str
-    binary: str  # looked up on PATH
-    package: str  # the Debian package that ships it
-    scheme: str  # of the service's URL
-    command: Callable[[str, str, int, Path, Path], list[str]]  # binary, host, port, data, cfg
-    ready: Callable[[str, int], bool]
-    reloads_on_sighup: bool = False
-
-
-KINDS: Mapping[str, ServiceKind] = {
-    "prometheus": ServiceKind("prometheus", "prometheus", "prometheus", "http",
-                              prometheus_command, prometheus_ready, reloads_on_sighup=True),
-    "redis": ServiceKind("redis", "redis-server", "redis-server", "redis", redis_command,
-                         redis_ping),
-}
-
-
-# --------------------------------------------------------------------------- scrape config
-
-
-@dataclass(frozen=True)
-class ScrapeTarget:
-    """A /metrics endpoint: the runtime, or a replica of `action`."""
-
-    url: str  # http://host:port
-    role: str  # "runtime" | "replica"
-    action: str = ""
-    pid: int | None = None  # when known (psutil needs it; Prometheus does not)
-
-    @property
-    def instance(self) -> str:
-        return self.url.split("://", 1)[-1].rstrip("/")
-
-    @property
-    def name(self) -> str:
-        return self.role if self.role == "runtime" else f"{self.action}@{self.instance}"
-
-
-def scrape_config(targets: Sequence[ScrapeTarget], interval_s: float = 1.0) -> str:
-    """Prometheus' config (JSON, a subset of YAML): one job `jsorc` scraping every target's
-    /metrics, labelled with its role, action and name (pure)."""
-    interval = f"{max(round(interval_s * 1000), 100)}ms"
-    static = []
-    urls = {t for t in targets if t.url}  # the runtime's URL is unknown until it serves
-    for t in sorted(urls, key=lambda t: (t.role != "runtime", t.action, t.url)):
-        labels = {"role": t.role, "name": t.name}
-        if t.action:
-            labels["action"] = t.action
-        static.append({"targets": [t.instance], "labels": labels})
-    doc: dict[str, Any] = {
-        "global": {"scrape_interval": interval, "scrape_timeout": interval,
-                   "evaluation_interval": "15s"},
-        "scrape_configs": [{"job_name": "jsorc", "metrics_path": "/metrics",
-                            "scrape_interval": interval, "scrape_timeout": interval,
-                            "static_configs": static}],
-    }
-    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
-
-
 # --------------------------------------------------------------------------- one service
 
 
@@ -206,7 +127,8 @@ class KeptService:
                  backoff: Backoff | None = None, ready_timeout_s: float = 30.0,
                  health_every_s: float = 2.0, health_failures: int = 3,
                  which: Callable[[str], str | None] = shutil.which,
-                 config: str | None = None) -> None:
+                 config: str | None = None, stop_grace_s: float = 5.0,
+                 children: Children = CHILDREN) -> None:
         self.kind = kind
         self.host = host
         self.backoff = backoff or Backoff()
@@ -214,6 +136,8 @@ class KeptService:
         self.health_every_s = health_every_s
         self.health_failures = health_failures
         self.binary = which(kind.binary)
+        self.stop_grace_s = stop_grace_s
+        self.children = children
         self._config = config
         self._cond = threading.Condition()
         self._flags = _Flags()
@@ -338,17 +262,28 @@ class KeptService:
                 self._flags.reload_pending = True
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the process and the watcher; remove the data folder (idempotent)."""
+        """Stop the process and the watcher; remove the data folder (idempotent). Bounded:
+        the watcher is waited for `timeout_s` at most, the process `stop_grace_s` more."""
+        self.ask_stop()
+        self.finish_stop(time.monotonic() + timeout_s)
+
+    def ask_stop(self) -> None:
+        """The first half of `stop`, which returns at once: the watcher stops its process."""
         with self._cond:
             self._flags.stop = True
             self._flags.wake.set()
+
+    def finish_stop(self, deadline: float) -> None:
+        """The second half of `stop`: wait for the watcher until `deadline` (monotonic), then
+        make sure the process is gone."""
+        with self._cond:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=timeout_s)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         with self._cond:
             run, self._run, self._thread = self._run, None, None
         if run is not None:
-            _terminate(run.popen)
+            self._terminate(run.popen)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -402,11 +337,11 @@ class KeptService:
             logfile = (self._workdir / "service.log").open("ab")
             self._log_from = logfile.tell()  # this run's lines start here
             try:
-                popen = subprocess.Popen(
+                popen = self.children.spawn(
                     self.kind.command(self.binary, self.host, port, self._workdir / "data",
                                       config),
-                    stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True)  # a ^C to jsorc serve does not reach it first
+                    kind="service", name=self.name,
+                    url=f"{self.kind.scheme}://{self.host}:{port}", stdout=logfile)
             finally:
                 logfile.close()
             run = _Run(popen, port, time.monotonic())
@@ -426,10 +361,11 @@ class KeptService:
                     with self._cond:
                         self.refreshes += 1
                     self._set(State.STARTING, "refresh: restarting", kind="refresh")
-                _terminate(run.popen)
+                self._terminate(run.popen)
                 return None
             code = run.popen.poll()
             if code is not None:
+                self.children.forget(run.popen.pid)
                 if "address already in use" in self._log_tail().lower():
                     with self._cond:
                         self._port = None  # taken meanwhile: the next start picks another
@@ -439,13 +375,13 @@ class KeptService:
                 if self.kind.ready(self.host, run.port):
                     self._became_ready(run)
                 elif now - run.began > self.ready_timeout_s:
-                    _terminate(run.popen)
+                    self._terminate(run.popen)
                     return f"did not answer within {self.ready_timeout_s:g} s"
             elif now >= next_check:
                 next_check = now + self.health_every_s
                 failures = 0 if self.kind.ready(self.host, run.port) else failures + 1
                 if failures >= self.health_failures:
-                    _terminate(run.popen)
+                    self._terminate(run.popen)
                     return f"stopped answering ({failures} checks failed)"
             self._flags.wake.wait(0.1)
             self._flags.wake.clear()
@@ -471,6 +407,9 @@ class KeptService:
             path.write_text("{}\n")
         return path
 
+    def _terminate(self, popen: subprocess.Popen[bytes]) -> None:
+        self.children.stop(popen, self.stop_grace_s)
+
     def _hangup(self, run: _Run) -> None:
         if self.kind.reloads_on_sighup:
             with contextlib.suppress(ProcessLookupError):
@@ -490,16 +429,6 @@ class KeptService:
         return " | ".join(text.strip().splitlines()[-lines:])
 
 
-def _terminate(popen: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
-    if popen.poll() is None:
-        popen.terminate()
-        try:
-            popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait(timeout=timeout_s)
-
-
 # --------------------------------------------------------------------------- all services
 
 
@@ -515,7 +444,8 @@ class MetaService:
                  kinds: Mapping[str, ServiceKind] = KINDS, host: str = "127.0.0.1",
                  backoff: Backoff | None = None, scrape_interval_s: float = 1.0,
                  poll_s: float = 0.5, ready_timeout_s: float = 30.0,
-                 which: Callable[[str], str | None] = shutil.which) -> None:
+                 which: Callable[[str], str | None] = shutil.which,
+                 stop_timeout_s: float = 10.0, children: Children = CHILDREN) -> None:
         self._wanted = wanted
         self._targets = targets
         self.kinds = kinds
@@ -525,6 +455,8 @@ class MetaService:
         self.poll_s = poll_s
         self.ready_timeout_s = ready_timeout_s
         self._which = which
+        self.stop_timeout_s = stop_timeout_s
+        self.children = children
         self._lock = threading.RLock()
         self._services: dict[str, KeptService] = {}
         self._unknown: list[str] = []
@@ -560,7 +492,8 @@ class MetaService:
                     service = KeptService(self.kinds[name], host=self.host,
                                           backoff=self.backoff, which=self._which,
                                           ready_timeout_s=self.ready_timeout_s,
-                                          config=self._config_of(name))
+                                          config=self._config_of(name),
+                                          children=self.children)
                     self._services[name] = service
                     service.start()
             stopping = [s for n, s in self._services.items() if n not in names]
@@ -615,13 +548,17 @@ class MetaService:
         return service.url
 
     def close(self) -> None:
-        """Stop the manager and every service (idempotent)."""
+        """Stop the manager and every service (idempotent), within about stop_timeout_s plus
+        a service's stop grace: all are asked at once, then waited for to one deadline."""
         with self._lock:
             self._closed = True
             services = list(self._services.values())
             self._services.clear()
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
+        deadline = time.monotonic() + self.stop_timeout_s
         for service in services:
-            service.stop()
+            service.ask_stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for service in services:
+            service.finish_stop(deadline)

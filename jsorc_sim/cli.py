@@ -8,6 +8,11 @@
 
 Bad input (a scenario, trace, policy or parameter that cannot be used) exits with code 2 and
 one message naming the bad value; nothing is written to --out then.
+
+--out DIR (`.` included) receives only jsorc's own files (the tables, report.json,
+scenario.toml and manifest.json, which records what jsorc wrote); other files there are left
+alone. A file of one of those names that jsorc did not write is refused before simulating
+(exit 2): jsorc never overwrites or deletes a file it did not write.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 
 from jsorc_sim import experiment, tune
 from jsorc_sim.experiment import ExperimentError
+from jsorc_sim.outputs import OutputError
+from jsorc_sim.results import check_out
 from jsorc_sim.scenario import ScenarioError, parse_value
 from jsorc_sim.simulate import simulate
 from jsorc_traces import TraceError
@@ -42,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as exc:
         print(f"jsorc-sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ScenarioError, TraceError, PolicyError, PlacementError, ExperimentError) as exc:
+    except (ScenarioError, TraceError, PolicyError, PlacementError, ExperimentError,
+            OutputError) as exc:
         # These name the file, field, line or parameter themselves. Anything else is a bug
         # and keeps its traceback.
         print(f"jsorc-sim: {exc}", file=sys.stderr)
@@ -69,7 +77,10 @@ def _parser() -> argparse.ArgumentParser:
                      "(8 a number, \"x\" or x a string, true a bool); repeatable")
     run.add_argument("--duration", type=float, help="simulated seconds (default: scenario's)")
     run.add_argument("--seed", type=int, help="random seed (default: scenario's, else 0)")
-    run.add_argument("--out", help="write tables (Parquet), report.json and scenario.toml here")
+    run.add_argument("--out", metavar="DIR",
+                     help="write tables (Parquet), report.json, scenario.toml and manifest.json "
+                     "into DIR (created if need be; other files there are left alone, and a "
+                     "file of those names that jsorc did not write is refused before the run)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.set_defaults(handler=_run)
@@ -114,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
         raise BadInput(f"--seed must be >= 0, got {args.seed}")
     if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
         raise BadInput(f"--duration must be a positive number of seconds, got {args.duration}")
+    if args.out:
+        check_out(args.out)  # before simulating: a refusal costs nothing
     result = simulate(args.scenario, args.policy, params=params, seed=args.seed,
                       duration_s=args.duration, app=args.app, overrides=overrides,
                       progress=not args.no_progress and sys.stderr.isatty())
@@ -129,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         print(format_report(result.scenario.name, result.policy, report, result.status))
         if args.out:
             print(f"\nwrote {args.out}/: calls, requests, decisions, timeline, events (.parquet), "
-                  "report.json, scenario.toml")
+                  "report.json, scenario.toml, manifest.json")
     if result.status != "ok":
         print(f"jsorc-sim: {result.status}", file=sys.stderr)
         return 1

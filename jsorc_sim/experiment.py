@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +35,8 @@ import pandas as pd
 from scipy import stats
 from tqdm import tqdm
 
-from jsorc_sim.results import COST_METRICS, WALKER_METRICS, version
+from jsorc_sim import outputs
+from jsorc_sim.results import COST_METRICS, RUN_KIND, WALKER_METRICS, version
 from jsorc_sim.scenario import Scenario, ScenarioError, from_dict, load, read_toml, set_path
 from policies import PolicyError, make
 
@@ -398,23 +398,57 @@ def run_experiment(exp: Experiment, out: str | Path | None = None, *, workers: i
 
 def _claim(out: Path, exp: Experiment, overwrite: bool) -> None:
     manifest = out / "manifest.json"
-    if manifest.exists():
-        theirs = json.loads(manifest.read_text()).get("name")
-        if theirs != exp.name:
-            if not overwrite:
-                raise ExperimentError(str(out), [
-                    f"holds the results of experiment {theirs!r}, not {exp.name!r}: choose "
-                    "another --out or pass --overwrite to replace them"])
-            shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not (out / "cells").is_dir():
+    if out.exists() and not out.is_dir():
+        raise ExperimentError(str(out), ["is a file, not a folder: choose another --out"])
+    theirs = _experiment_in(out)
+    if theirs is not None and theirs != exp.name:
         if not overwrite:
-            raise ExperimentError(str(out), ["is not empty and holds no experiment: choose "
-                                             "another --out or pass --overwrite"])
-        shutil.rmtree(out)
+            raise ExperimentError(str(out), [
+                f"holds the results of experiment {theirs!r}, not {exp.name!r}: choose "
+                "another --out or pass --overwrite to replace them"])
+        _clear(out)
+    elif theirs is None and out.exists() and any(out.iterdir()) and not (out / "cells").is_dir():
+        # Even with --overwrite: jsorc deletes and overwrites only files it wrote.
+        raise ExperimentError(str(out), ["is not empty and holds no experiment: choose "
+                                         "another --out (jsorc never deletes or overwrites "
+                                         "files it did not write)"])
     out.mkdir(parents=True, exist_ok=True)
     # Claim the folder at once, so that a second experiment cannot start writing into it.
     if not manifest.exists():
         _write_text(manifest, json.dumps({"name": exp.name, "status": "running"}) + "\n")
+
+
+def _experiment_in(out: Path) -> str | None:
+    """The name in `out`'s experiment manifest; None when there is none (or it is not one)."""
+    try:
+        doc = json.loads((out / "manifest.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    name = doc.get("name") if isinstance(doc, dict) and "written_by" not in doc else None
+    return str(name) if name is not None else None
+
+
+#: What an experiment writes at the top of its folder (besides cells/): `--overwrite`
+#: deletes these and nothing else.
+_OUTPUTS = ("manifest.json", "results.parquet", "summary.csv", "paired.csv", "summary.*",
+            "speedup.*", "timeline_*.*")
+
+
+def _clear(out: Path) -> None:
+    """Delete another experiment's outputs from `out`, leaving every other file there."""
+    for pattern in _OUTPUTS:
+        for path in out.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+    cells = out / "cells"
+    if cells.is_dir():
+        for path in cells.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                outputs.remove(path, RUN_KIND)  # a cell's tables: the files jsorc wrote
+            elif path.suffix == ".json" and path.is_file():
+                path.unlink()
+        if not any(cells.iterdir()):
+            cells.rmdir()
 
 
 def _needs_run(path: Path, retry_failed: bool) -> bool:
@@ -677,9 +711,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("file", help="experiment TOML file")
     parser.add_argument("--workers", type=int, help="worker processes (default: core count)")
     parser.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://HOST:8786")
-    parser.add_argument("--out", help="output folder (default: runs/<name>)")
+    parser.add_argument("--out", help="output folder (default: runs/<name>); a folder that "
+                        "holds other files and no experiment is refused before any cell runs")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an --out that holds another experiment")
+                        help="replace another experiment's results in --out (only the files "
+                        "an experiment writes are deleted)")
     parser.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     parser.add_argument("--svg", action="store_true", help="SVG plots beside the PNGs")
     parser.add_argument("--traces", help="folder of the real traces ({traces} in paths)")

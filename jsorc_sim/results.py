@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
@@ -17,6 +14,7 @@ import numpy as np
 import pandas as pd
 import tomli_w
 
+from jsorc_sim import outputs
 from jsorc_sim.recorder import Recorder
 from jsorc_sim.scenario import Scenario
 
@@ -24,6 +22,10 @@ LATENCY_KEYS = (("50th_latency", 50), ("90th_latency", 90), ("95th_latency", 95)
                 ("99th_latency", 99))
 # The metrics of a report: JSORC's walker_run keys, then the cost keys (see Result.cost).
 WALKER_METRICS = ("throughput", "average_latency", *(key for key, _ in LATENCY_KEYS))
+TABLE_NAMES = ("calls", "requests", "decisions", "timeline", "events")
+RUN_FILES = (*(f"{t}.parquet" for t in TABLE_NAMES), "report.json", "scenario.toml")
+RUN_KIND = "jsorc-sim run"
+RESOLVED_HEADER = "# Resolved by jsorc "
 COST_METRICS = ("node_memory_gb_s", "replica_memory_gb_s", "replica_core_s",
                 "peak_node_memory_mb", "placement_changes", "cold_starts", "failed_requests",
                 "failed_calls", "oom_events", "policy_errors", "arrivals", "unfinished_requests")
@@ -161,28 +163,17 @@ class Result:
     # ------------------------------------------------------------------ saving
 
     def save(self, out: str | Path) -> Path:
-        """Write every table, the report and the resolved scenario to `out`, atomically:
-        everything is written to a temporary folder beside it, then swapped in."""
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            for name in ("calls", "requests", "decisions", "timeline", "events"):
-                getattr(self, name).to_parquet(tmp / f"{name}.parquet", index=False)
-            (tmp / "report.json").write_text(json.dumps(self.report(), indent=2) + "\n")
-            (tmp / "scenario.toml").write_text(self.resolved_scenario())
-            if out.exists():
-                old = out.with_name(f".{out.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+        """Write every table, the report and the resolved scenario into the folder `out`
+        (created if need be), each file atomically, recorded in its manifest.json. Files of
+        other names in `out` are left alone; one of these names that jsorc did not write
+        raises jsorc_sim.outputs.OutputError before anything is written (see `check_out`)."""
+        writers: dict[str, outputs.Writer] = {
+            f"{name}.parquet": _parquet(getattr(self, name)) for name in TABLE_NAMES}
+        report = json.dumps(self.report(), indent=2) + "\n"
+        scenario = self.resolved_scenario()
+        writers["report.json"] = lambda path: path.write_text(report)
+        writers["scenario.toml"] = lambda path: path.write_text(scenario)
+        return outputs.write(out, writers, RUN_KIND, legacy=_legacy_run)
 
     def resolved_scenario(self) -> str:
         table = self.scenario.to_dict()
@@ -196,9 +187,28 @@ class Result:
                                                 .resolve())
         table["policy"]["name"] = self.policy
         table["policy"]["params"] = _toml_safe(self.policy_params)
-        head = (f"# Resolved by jsorc {version()}: every default filled in, with the seed and\n"
+        head = (f"{RESOLVED_HEADER}{version()}: every default filled in, with the seed and\n"
                 f"# policy this run used. `jsorc-sim run` on this file repeats the run.\n")
         return head + tomli_w.dumps(_toml_safe(table))
+
+
+def check_out(out: str | Path) -> Path:
+    """Raise OutputError now, before a run, if `Result.save(out)` would overwrite a file jsorc
+    did not write (`jsorc-sim run --out` calls this before it simulates)."""
+    return outputs.check(out, RUN_FILES, RUN_KIND, legacy=_legacy_run)
+
+
+def _legacy_run(folder: Path) -> bool:
+    # A run saved before manifests existed: its scenario.toml starts with jsorc's header.
+    try:
+        with (folder / "scenario.toml").open() as f:
+            return f.readline().startswith(RESOLVED_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _parquet(frame: pd.DataFrame) -> outputs.Writer:
+    return lambda path: frame.to_parquet(path, index=False)
 
 
 def _latency_report(latency: pd.Series, span: float) -> dict[str, float | None]:

@@ -423,8 +423,25 @@ def _check_value(value: Any, hint: Any, f: dataclasses.Field[Any], where: str,
         if not isinstance(value, Mapping):
             problems.append(f"{where} must be a table, got {value!r}")
             return _BAD
+        # TOML has nan and inf literals; no table here (policy parameters, mix weights)
+        # takes them, and each is named by its dotted path rather than by the policy later.
+        bad = non_finite(value, where)
+        if bad:
+            problems.extend(bad)
+            return _BAD
         return dict(value)
     return value
+
+
+def non_finite(value: Any, where: str) -> list[str]:
+    """A problem for every NaN or infinity in `value` (tables and lists, at any depth)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where} must be finite, got {value!r}"]
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in non_finite(v, f"{where}.{k}")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in non_finite(v, f"{where}[{i}]")]
+    return []
 
 
 def _action(name: str, table: Mapping[str, Any], problems: list[str]) -> ActionSpec:

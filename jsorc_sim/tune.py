@@ -46,7 +46,9 @@ The same file and seed give the same trials, whatever the number of workers.
 Outputs in --out (default runs/<name>), each written to a temporary name and renamed:
 `trials.parquet` (one row per candidate and set), `cells.parquet` (one row per simulation)
 and `tune.json` (best and default parameters, their train and test objectives, method,
-seed, durations). Bad input raises TuneError (a ScenarioError) listing every problem.
+seed, durations), and `manifest.json` (what jsorc wrote there: a file of those names that it
+did not write is refused before any simulation, and other files are left alone). Bad input
+raises TuneError (a ScenarioError) listing every problem.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ import pandas as pd
 from scipy import optimize
 from tqdm import tqdm
 
+from jsorc_sim import outputs
 from jsorc_sim import scenario as scenario_mod
 from jsorc_sim.results import version
 from jsorc_sim.scenario import Scenario, ScenarioError
@@ -863,7 +866,10 @@ def run_tune(spec: TuneSpec, out: str | Path | None = None, *, workers: int | No
              progress: bool = False) -> TuneResult:
     """Search `spec`'s space on [train], score the best and the defaults on [test], and
     (with `out`) write trials.parquet, cells.parquet and tune.json there. `executor`, if
-    given, runs the cells (else `workers` processes or the Dask `scheduler`)."""
+    given, runs the cells (else `workers` processes or the Dask `scheduler`). An `out` that
+    holds files of those names which jsorc did not write raises OutputError before any run."""
+    if out is not None:
+        outputs.check(out, TUNE_FILES, TUNE_KIND, legacy=_legacy_tune)
     total = (len(spec.train.cells) * (1 + spec.samples + spec.iterations)
              + 2 * len(spec.test.cells))
     bar = tqdm(total=total, unit="sim", desc=spec.name, file=sys.stderr, disable=not progress)
@@ -1063,14 +1069,13 @@ class TuneResult:
 
     def save(self, out: str | Path) -> Path:
         """Write trials.parquet, cells.parquet and tune.json (last) to `out`, each to a
-        temporary name first and then renamed, so no file is ever half written."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic(out / "trials.parquet", lambda p: self.trials.to_parquet(p, index=False))
-        _atomic(out / "cells.parquet", lambda p: self.cells.to_parquet(p, index=False))
+        temporary name first and then renamed, so no file is ever half written; recorded in
+        manifest.json. Files jsorc did not write are never overwritten (OutputError)."""
         text = json.dumps(self.summary, indent=2, default=str) + "\n"
-        _atomic(out / "tune.json", lambda p: p.write_text(text))
-        return out
+        return outputs.write(out, {
+            "trials.parquet": lambda p: self.trials.to_parquet(p, index=False),
+            "cells.parquet": lambda p: self.cells.to_parquet(p, index=False),
+            "tune.json": lambda p: p.write_text(text)}, TUNE_KIND, legacy=_legacy_tune)
 
     def format(self) -> str:
         """The train-against-test table a person reads."""
@@ -1111,13 +1116,17 @@ def _key(params: Mapping[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+TUNE_FILES = ("trials.parquet", "cells.parquet", "tune.json")
+TUNE_KIND = "jsorc-sim tune"
+
+
+def _legacy_tune(folder: Path) -> bool:
+    # A tune saved before manifests existed: its tune.json is the summary jsorc writes.
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        doc = json.loads((folder / "tune.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"best", "default", "method", "objective"} <= set(doc)
 
 
 def _set_line(tset: TuneSet) -> str:
@@ -1206,5 +1215,5 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps(result.summary, indent=2, default=str))
     else:
         print(result.format())
-        print(f"\nwrote {out}/: trials.parquet, cells.parquet, tune.json")
+        print(f"\nwrote {out}/: trials.parquet, cells.parquet, tune.json, manifest.json")
     return 1 if math.isinf(result.best.objective("train")) else 0

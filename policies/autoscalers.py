@@ -35,7 +35,7 @@ from enum import StrEnum
 from typing import Generic, TypeVar
 
 from policies.contract import ActionStats, Decision, Mode, Observation, Placement
-from policies.registry import PolicyError, param, register
+from policies.registry import CheckedParams, PolicyError, param, register
 
 _NOISE = 1e-9
 
@@ -217,7 +217,7 @@ def hpa_rate_limit(desired: int, current: int, up_limit: int, down_limit: int,
 
 
 @dataclass(frozen=True)
-class HpaParams:
+class HpaParams(CheckedParams):
     metric: str = param(
         "utilisation",
         "utilisation (busy fraction of the ready replicas' cores, HPA's CPU) or in_flight "
@@ -250,6 +250,7 @@ class HpaParams:
                                        maximum=1800.0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         try:
             HpaMetric(self.metric)
         except ValueError:
@@ -420,7 +421,7 @@ def kpa_scale(*, ready: int, stable: float, panic: float, target: float,
 
 
 @dataclass(frozen=True)
-class KpaParams:
+class KpaParams(CheckedParams):
     target_concurrency: float = param(
         0.0, "calls one replica should hold (Knative's container concurrency); 0: the "
         "replica's cores, the hard limit our replicas have (Knative's default is 100)",
@@ -448,6 +449,7 @@ class KpaParams:
                                          minimum=0.0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("max_scale_up_rate", "max_scale_down_rate"):
             if getattr(self, name) <= 1.0:
                 raise PolicyError(f"kpa.{name} must be greater than 1.0, "
@@ -587,7 +589,7 @@ def ray_apply_delay(desired: int, target: int, counter: int, upscale_periods: in
 
 
 @dataclass(frozen=True)
-class RayServeParams:
+class RayServeParams(CheckedParams):
     target_ongoing_requests: float = param(2.0, "calls in the system per running replica",
                                            minimum=0.001)
     min_replicas: int = param(1, "fewest replicas", minimum=1)
@@ -605,6 +607,7 @@ class RayServeParams:
                                       minimum=0.001)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_bounds("ray_serve", self.min_replicas, self.max_replicas)
 
 

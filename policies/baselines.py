@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from policies.contract import Decision, Observation, Placement
-from policies.registry import NoParams, PolicyError, param, register
+from policies.registry import CheckedParams, NoParams, PolicyError, param, register
 
 
 class Stateless:
@@ -39,7 +39,7 @@ class AllLocal(Stateless):
 
 
 @dataclass(frozen=True)
-class AllRemoteParams:
+class AllRemoteParams(CheckedParams):
     replicas: int = param(1, "replicas per action", minimum=1)
 
 
@@ -61,13 +61,14 @@ class AllRemote:
 
 
 @dataclass(frozen=True)
-class StaticParams:
+class StaticParams(CheckedParams):
     placements: Mapping[str, str] = param(
         {}, 'action -> "local" | "remote" | "remote:N" | "unloaded" (JSON on the command line)'
     )
     default: str = param("", "placement for actions not listed; empty keeps theirs")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # Parse once here so a typo is refused when the policy is built, not mid-run.
         for name, text in self.placements.items():
             try:

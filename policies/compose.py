@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.contract import ActionStats, Decision, Mode, Observation, Placement, Policy
-from policies.registry import PolicyError, make, param, register
+from policies.registry import CheckedParams, PolicyError, make, param, register
 
 
 @dataclass(frozen=True)
-class ComposeParams:
+class ComposeParams(CheckedParams):
     placement: str = param("none", "policy deciding each action's mode (name or module:Class)")
     placement_params: Mapping[str, Any] = param({}, "its parameters")
     scaler: str = param("hpa", "autoscaler deciding the replica count of remote actions")

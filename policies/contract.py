@@ -264,12 +264,27 @@ def check_decision(decision: object, known: Iterable[str]) -> Decision:
     if not isinstance(decision, Decision):
         raise PlacementError(f"decide() must return a Decision, got {type(decision).__name__}: "
                              f"{decision!r:.80}")
+    # Checked again, and copied: a policy can build a Decision or a Placement without their
+    # __post_init__ (object.__new__), or mutate the mapping after handing it over.
+    placements, reason = getattr(decision, "placements", None), getattr(decision, "reason", "")
+    if not isinstance(placements, Mapping):
+        raise PlacementError(f"Decision.placements must be a mapping, got {placements!r:.80}")
+    if not isinstance(reason, str):
+        raise PlacementError(f"Decision.reason must be a str, got {reason!r:.80}")
+    rebuilt = {}
+    for name, placement in list(placements.items()):
+        if not isinstance(placement, Placement):
+            raise PlacementError(f"placement for {name!r} must be a Placement, got "
+                                 f"{placement!r:.80}")
+        rebuilt[name] = Placement(getattr(placement, "mode", None),  # type: ignore[arg-type]
+                                  getattr(placement, "replicas", None))  # type: ignore[arg-type]
+    checked = Decision(rebuilt, reason)
     names = set(known)
-    unknown = sorted(set(decision.placements) - names)
+    unknown = sorted(set(checked.placements) - names)
     if unknown:
         raise PlacementError(f"decision names unknown action {unknown[0]!r} "
                              f"(actions: {', '.join(sorted(names))})")
-    return decision
+    return checked
 
 
 @runtime_checkable

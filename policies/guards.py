@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from policies.contract import Decision, Mode, Observation, Placement, Policy
-from policies.registry import PolicyError, coerce_params, make, param, register
+from policies.registry import CheckedParams, PolicyError, coerce_params, make, param, register
 
 P = TypeVar("P")
 
@@ -123,12 +123,13 @@ class Guard(Generic[P]):
 
 
 @dataclass(frozen=True)
-class ReplicaBoundsParams:
+class ReplicaBoundsParams(CheckedParams):
     min_replicas: int = param(1, "fewest replicas of a remote placement", minimum=1)
     max_replicas: int | None = param(None, "most replicas of a remote placement (none: no "
                                      "limit)", minimum=1)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_replicas is not None and self.max_replicas < self.min_replicas:
             raise PolicyError(f"max_replicas = {self.max_replicas} is below min_replicas = "
                               f"{self.min_replicas}")
@@ -161,7 +162,7 @@ class ReplicaBounds(Guard[ReplicaBoundsParams]):
 
 
 @dataclass(frozen=True)
-class CooldownParams:
+class CooldownParams(CheckedParams):
     cooldown_s: float = param(60.0, "an action changed is not changed again for this long",
                               minimum=0.0)
 
@@ -202,7 +203,7 @@ class Cooldown(Guard[CooldownParams]):
 
 
 @dataclass(frozen=True)
-class StabilisationParams:
+class StabilisationParams(CheckedParams):
     window_s: float = param(300.0, "a scale-down goes to the highest recommendation of this "
                             "window (HPA's scale-down stabilisation)", minimum=0.0)
 
@@ -261,7 +262,7 @@ REFUSED = ("remote", "keep")
 
 
 @dataclass(frozen=True)
-class MemoryCapParams:
+class MemoryCapParams(CheckedParams):
     fraction: float = param(1.0, "cap as a fraction of the node's memory", minimum=0.0,
                             maximum=1.0)
     cap_mb: float = param(0.0, "cap in MB (0: none); with `fraction`, the lower applies",
@@ -272,6 +273,7 @@ class MemoryCapParams:
                          "current count) or keep (the action stays as it is)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.refused not in REFUSED:
             raise PolicyError(f"refused must be one of {', '.join(REFUSED)}, got "
                               f"{self.refused!r}")
@@ -335,7 +337,7 @@ def _finite(value: float) -> float:
 
 
 @dataclass(frozen=True)
-class MaxChangesParams:
+class MaxChangesParams(CheckedParams):
     max_changes: int = param(1, "most actions changed per control interval", minimum=1)
 
 
@@ -391,7 +393,7 @@ def wear(policy: Policy, guards: Mapping[str, Any]) -> Policy:
 
 
 @dataclass(frozen=True)
-class GuardedParams:
+class GuardedParams(CheckedParams):
     policy: str = param("none", "the inner policy: a registered name or module:Class")
     params: Mapping[str, Any] = param({}, "the inner policy's parameters")
     guards: Mapping[str, Any] = param(

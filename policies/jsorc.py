@@ -43,7 +43,7 @@ from itertools import product
 
 from policies.baselines import Stateless
 from policies.contract import Decision, Mode, Observation, Placement, Totals
-from policies.registry import param, register
+from policies.registry import CheckedParams, param, register
 
 Config = tuple[tuple[str, Mode], ...]
 """A placement of the actions in use: (action, local or remote), in the order first seen."""
@@ -53,7 +53,7 @@ Config = tuple[tuple[str, Mode], ...]
 
 
 @dataclass(frozen=True)
-class JsorcParams:
+class JsorcParams(CheckedParams):
     """What every JSORC policy shares: the memory rule, replica count and quirks."""
 
     node_mem_threshold: float = param(

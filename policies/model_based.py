@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 
 from policies.contract import ActionStats, Decision, Mode, Observation, Placement
 from policies.queueing import Station, closed_network
-from policies.registry import param, register
+from policies.registry import CheckedParams, param, register
 
 GREEDY_ABOVE = 8  # actions in use beyond which local sets are chosen greedily, not enumerated
 
 
 @dataclass(frozen=True)
-class ModelBasedParams:
+class ModelBasedParams(CheckedParams):
     memory_cap: float = param(0.9, "fraction of node memory that local copies and the runtime "
                               "may use", minimum=0.1, maximum=1.0)
     replica_price_ms: float = param(1.0, "mean walker latency (ms) a replica must save to be "

@@ -6,17 +6,40 @@ fields (made with `param`) carry a default, a one-line doc and optional bounds; 
 registry; `make("name", {"k": v})` or `get("mypkg.mod:MyPolicy", k=v)` builds one, coercing
 strings from a command line to the field's type and refusing unknown or out-of-range values
 with a one-line message that names them.
+
+Numbers: NaN and the infinities are refused by every numeric parameter, whether it comes
+through `make` or is given to a `Params` dataclass directly (`CheckedParams`). No parameter
+takes infinity for "no limit": a limit that can be lifted is Optional, None meaning none
+(`replica_bounds.max_replicas`).
+
+Import paths and trust: `make("pkg.mod:Cls")` imports `pkg.mod`, which runs its code. A
+library user may import anything (`allowed_modules=None`, the default). A server passes the
+modules its operator allowed (`allowed_modules=[...]`, possibly empty): then a module is
+imported only if its name is listed exactly or falls under a listed `pkg.*` pattern (any
+module below `pkg`, not `pkg` itself; importing `pkg.mod` runs `pkg/__init__` too), and that
+is decided before anything is imported. Registered names always work, and so does the import
+path of a registered class already imported. The class found must then look like a policy
+(`reset` and `decide`, and with an allow-list a `Params` dataclass) before it is
+instantiated. Policies built inside a policy (`compose`, `guarded`) are held to the same
+allow-list.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import importlib
+import importlib.util
 import json
+import keyword
+import math
+import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from policies.contract import Policy
@@ -28,8 +51,28 @@ T = TypeVar("T", bound=type)
 _REGISTRY: dict[str, type] = {}
 
 
+# The allow-lists of the `make` calls under way, so that a policy building others in its
+# constructor (`compose`, `guarded`) cannot reach modules its caller could not: a module must
+# be allowed by every list in the chain.
+AllowLists = tuple[tuple[str, ...], ...]
+_ENCLOSING: contextvars.ContextVar[AllowLists] = contextvars.ContextVar(
+    "policies_allowed_modules", default=())
+
+
 class PolicyError(ValueError):
     """An unknown policy, an unknown parameter, or a parameter of the wrong type or range."""
+
+
+class PolicyNotAllowed(PolicyError):
+    """A `module:Class` whose module the caller's allow-list does not name (nothing imported)."""
+
+    def __init__(self, module: str, allowed: Collection[str]) -> None:
+        self.module = module
+        listed = ", ".join(allowed) or "none"
+        super().__init__(
+            f"policy module {module!r} is not allowed here (allowed modules: {listed}); the "
+            f"operator allows it at start-up: jsorc serve --allow-policy-module {module} "
+            "(or --policy-file FILE.py)")
 
 
 @dataclass(frozen=True)
@@ -60,6 +103,16 @@ def param(
     if isinstance(default, list | set):
         default = tuple(default)
     return dataclasses.field(default=default, metadata=meta)
+
+
+class CheckedParams:
+    """Base of a `Params` dataclass: checks every numeric field when it is built, however it
+    is built (`make`, `Params(...)`, `dataclasses.replace`): finite, and within the bounds
+    its `param` declares. A subclass with its own `__post_init__` calls this one first."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            check_number(getattr(self, f.name), f, f"{type(self).__name__}.{f.name}")
 
 
 @dataclass(frozen=True)
@@ -94,9 +147,19 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def resolve(ref: str) -> type:
-    """The policy class for a registered name or a `module:Class` import path."""
+def resolve(ref: str, allowed_modules: Collection[str] | None = None) -> type:
+    """The policy class for a registered name or a `module:Class` import path.
+
+    `allowed_modules`: None imports any module (library use); a collection (the live server's,
+    possibly empty) imports only the modules it names (see the module's docstring), checked
+    before anything is imported. Either way the class must look like a policy."""
+    return _resolve(ref, _allow_lists(allowed_modules))
+
+
+def _resolve(ref: str, allow_lists: AllowLists) -> type:
     _load_library()
+    if not isinstance(ref, str):
+        raise PolicyError(f"a policy is a name or module:Class, got {ref!r}")
     if ref in _REGISTRY:
         return _REGISTRY[ref]
     if ":" not in ref:
@@ -105,14 +168,122 @@ def resolve(ref: str) -> type:
             "(or give an import path module:Class)"
         )
     module_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PolicyError(f"cannot import policy module {module_name!r}: {exc}") from None
-    cls = getattr(module, attr, None)
+    if not _is_dotted_name(module_name) or not attr.isidentifier():
+        raise PolicyError(f"{ref!r} is not an import path module:Class")
+    cls = _registered_at(module_name, attr)
+    if cls is None:
+        for allowed in allow_lists:
+            if not module_allowed(module_name, allowed):
+                raise PolicyNotAllowed(module_name, allowed)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise PolicyError(f"cannot import policy module {module_name!r}: {exc}") from None
+        cls = getattr(module, attr, None)
     if not isinstance(cls, type):
         raise PolicyError(f"{ref!r}: module {module_name!r} has no class {attr!r}")
+    _check_policy_class(cls, ref, need_params=bool(allow_lists))
     return cls
+
+
+def check_allow_list(entries: Collection[str]) -> tuple[str, ...]:
+    """The allow-list as a tuple, after checking each entry: a module name (`pkg.mod`) or a
+    package pattern (`pkg.*`). Raises PolicyError naming a bad entry (`*` alone included: an
+    allow-list that allows everything is None, which only library code passes)."""
+    if isinstance(entries, str):
+        raise PolicyError(f"allowed policy modules must be a list of names, got {entries!r}")
+    out = []
+    for entry in entries:
+        name = entry[:-2] if isinstance(entry, str) and entry.endswith(".*") else entry
+        if not isinstance(name, str) or not _is_dotted_name(name):
+            raise PolicyError(f"allowed policy module {entry!r} is not a module name (pkg.mod) "
+                              "or a package pattern (pkg.*)")
+        out.append(entry)
+    return tuple(out)
+
+
+def module_allowed(module: str, allowed: Collection[str]) -> bool:
+    """Whether `module` is named by `allowed`: exactly, or under a `pkg.*` pattern."""
+    for entry in allowed:
+        if entry.endswith(".*"):
+            if module.startswith(entry[:-1]):  # "pkg." : below pkg, not pkg itself
+                return True
+        elif module == entry:
+            return True
+    return False
+
+
+def load_policy_file(path: str | Path) -> str:
+    """Import the Python file at `path` as a module named after it (`my_policies.py`:
+    `my_policies`) and return that name, for an allow-list. Its `register` decorators run.
+    Raises PolicyError when the file is missing, its name is not a module name or is taken
+    by a module already imported, or importing it fails."""
+    file = Path(path).expanduser().resolve()
+    name = file.stem
+    if file.suffix != ".py" or not file.is_file():
+        raise PolicyError(f"policy file {str(path)!r} is not a .py file")
+    if not _is_dotted_name(name) or "." in name:
+        raise PolicyError(f"policy file {str(path)!r}: {name!r} is not a module name")
+    if name in sys.modules:
+        known = getattr(sys.modules[name], "__file__", None)
+        if known is not None and Path(known).resolve() == file:
+            return name
+        raise PolicyError(f"policy file {str(path)!r}: a module named {name!r} is already "
+                          "imported; rename the file")
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise PolicyError(f"policy file {str(path)!r} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise PolicyError(f"policy file {str(path)!r} failed to import: "
+                          f"{type(exc).__name__}: {exc}") from None
+    return name
+
+
+def _is_dotted_name(name: str) -> bool:
+    parts = name.split(".")
+    return all(p.isidentifier() and not keyword.iskeyword(p) for p in parts)
+
+
+def _allow_lists(given: Collection[str] | None) -> AllowLists:
+    """The enclosing `make`s' allow-lists, and the caller's (never wider than theirs)."""
+    enclosing = _ENCLOSING.get()
+    return enclosing if given is None else (*enclosing, check_allow_list(given))
+
+
+def _registered_at(module: str, attr: str) -> type | None:
+    """The registered class at `module:attr` if that module is already imported (so naming
+    a built-in by its import path imports nothing and needs no allow-list)."""
+    loaded = sys.modules.get(module)
+    cls = getattr(loaded, attr, None) if loaded is not None else None
+    return cls if isinstance(cls, type) and cls in _REGISTRY.values() else None
+
+
+def _check_policy_class(cls: type, ref: str, *, need_params: bool) -> None:
+    # Before instantiating: `subprocess:Popen` must never be called with our parameters.
+    missing = [m for m in ("reset", "decide") if not callable(getattr(cls, m, None))]
+    if missing:
+        raise PolicyError(f"{ref!r} does not implement the Policy protocol (reset, decide, "
+                          f"params): {cls.__name__} has no {' or '.join(missing)}")
+    params = getattr(cls, "Params", None)
+    if params is None and not need_params:
+        return
+    if not (isinstance(params, type) and dataclasses.is_dataclass(params)):
+        raise PolicyError(f"{ref!r} is not a policy class: it needs a `Params` dataclass "
+                          "(see policies.registry)")
+
+
+@contextlib.contextmanager
+def _allow_lists_of_this_make(allow_lists: AllowLists) -> Iterator[None]:
+    token = _ENCLOSING.set(allow_lists)
+    try:
+        yield
+    finally:
+        _ENCLOSING.reset(token)
 
 
 def params_type(cls: type) -> type:
@@ -122,24 +293,40 @@ def params_type(cls: type) -> type:
     return params
 
 
-def make(ref: str, params: Mapping[str, Any] | None = None) -> Policy:
-    """Build a policy from a name or import path and raw parameters (strings or values)."""
-    cls = resolve(ref)
+def make(ref: str, params: Mapping[str, Any] | None = None, *,
+         allowed_modules: Collection[str] | None = None) -> Policy:
+    """Build a policy from a name or import path and raw parameters (strings or values).
+
+    `allowed_modules`: see `resolve`. Whatever building the policy raises becomes a
+    PolicyError naming the policy."""
+    allow_lists = _allow_lists(allowed_modules)
+    cls = _resolve(ref, allow_lists)
+    if params is not None and not isinstance(params, Mapping):
+        raise PolicyError(f"policy {ref!r}: parameters must be a mapping of name: value, "
+                          f"got {params!r}")
     built = coerce_params(cls, params or {}, policy=ref)
-    policy = cls(built) if getattr(cls, "Params", None) is not None else cls()
+    with _allow_lists_of_this_make(allow_lists):
+        try:
+            policy = cls(built) if getattr(cls, "Params", None) is not None else cls()
+        except PolicyError:
+            raise
+        except Exception as exc:  # a user's constructor: one message, not a traceback
+            raise PolicyError(f"policy {ref!r}: building it raised {type(exc).__name__}: "
+                              f"{exc}") from None
     if not isinstance(policy, Policy):
         raise PolicyError(f"{ref!r} does not implement the Policy protocol (reset, decide, params)")
     return policy
 
 
-def get(ref: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Policy:
+def get(ref: str, params: Mapping[str, Any] | None = None, *,
+        allowed_modules: Collection[str] | None = None, **kwargs: Any) -> Policy:
     """`get("all_remote", replicas=2)`: like `make`, with parameters as keywords too."""
-    return make(ref, {**(params or {}), **kwargs})
+    return make(ref, {**(params or {}), **kwargs}, allowed_modules=allowed_modules)
 
 
-def describe(ref: str) -> list[ParamInfo]:
+def describe(ref: str, allowed_modules: Collection[str] | None = None) -> list[ParamInfo]:
     """The parameters of a policy with their types, defaults and docs."""
-    cls = resolve(ref)
+    cls = resolve(ref, allowed_modules)
     ptype = params_type(cls)
     hints = typing.get_type_hints(ptype)
     infos = []
@@ -173,7 +360,7 @@ def coerce_params(cls: type, raw: Mapping[str, Any], *, policy: str = "") -> Any
     values = {}
     for name, value in raw.items():
         coerced = _coerce(value, hints[name], f"{who}.{name}")
-        _check_bounds(coerced, fields[name], f"{who}.{name}")
+        check_number(coerced, fields[name], f"{who}.{name}")
         values[name] = coerced
     try:
         return ptype(**values)
@@ -223,14 +410,17 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool):
             raise PolicyError(f"{where} must be a number, got {value!r}")
+        number: float | None = None
         if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise PolicyError(f"{where} must be a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise PolicyError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(number):
+            raise PolicyError(f"{where} must be a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -255,9 +445,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _check_bounds(value: Any, f: dataclasses.Field[Any], where: str) -> None:
+def check_number(value: Any, f: dataclasses.Field[Any], where: str) -> None:
+    """Refuse a numeric `value` of field `f` that is not finite or is out of its bounds."""
     low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise PolicyError(f"{where} must be a finite number, got {value}")
         if low is not None and value < low:
             raise PolicyError(f"{where} must be >= {low}, got {value}")
         if high is not None and value > high:

@@ -12,6 +12,12 @@ Connections are kept alive, with one guard: a request that fails because the ser
 the kept-alive connection (Jaseci's uvicorn server closes it after an action raised, without
 saying so; any uvicorn closes idle ones after 5 s) is sent once more, on a new connection.
 Idle connections are dropped after 2 s, before the server's 5 s, to make that rare.
+
+A call that got no answer raises :class:`NoAnswer` (an ActionCallError without status), which
+says whether the request was ``sent``: False only when it certainly never left (the
+connection was refused or not made in time, no connection was free), so sending it again
+cannot run the action twice; True when it was sent, or may have been (read timeout,
+connection reset or closed mid-answer), so it may have run.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ __all__ = [
     "ActionArgumentError",
     "ActionCallError",
     "AsyncRemoteActions",
+    "NoAnswer",
     "RemoteActions",
+    "spec_answers",
 ]
 
 SPEC_PATH = "/jaseci_actions_spec/"
@@ -41,6 +49,33 @@ _MAX_MESSAGE = 2000
 LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
 #: A kept-alive connection the server had already closed: nothing was answered, send again.
 _STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+#: Errors raised before the request left: no connection was made, or none was free.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: At most this long to connect, however long the call may take to answer: a server that
+#: does not take a connection in that time is not there, and the call can go elsewhere.
+CONNECT_TIMEOUT_S = 2.0
+
+
+class NoAnswer(ActionCallError):
+    """No answer from the server; ``sent`` says whether the request may have reached it."""
+
+    def __init__(self, url: str, name: str, message: str, *, sent: bool) -> None:
+        super().__init__(url, name, None, message)
+        self.sent = sent
+
+
+def _timeout(timeout_s: float) -> httpx.Timeout:
+    return httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
+
+
+def spec_answers(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether the action server at ``url`` answers its spec 200 within ``timeout_s`` (a
+    health check: a frozen server accepts connections but does not answer)."""
+    try:
+        response = httpx.get(url.rstrip("/") + SPEC_PATH, timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
 
 
 class _Base:
@@ -83,10 +118,18 @@ class _Base:
                                   f"not an action spec: {str(spec)[:200]}")
         return spec
 
-    def _failed(self, name: str, e: httpx.HTTPError, timeout_s: float) -> ActionCallError:
-        if isinstance(e, httpx.TimeoutException):
-            return ActionCallError(self.url, name, None, f"timed out after {timeout_s:g} s")
-        return ActionCallError(self.url, name, None, f"{type(e).__name__}: {e}")
+    def _failed(self, name: str, e: httpx.HTTPError, timeout_s: float,
+                resent: bool = False) -> NoAnswer:
+        """The error for a request that got no answer. `resent`: it was sent once before,
+        on a connection that failed (so even a connect error now may follow a sent one)."""
+        sent = resent or not isinstance(e, _NEVER_SENT)
+        if isinstance(e, httpx.ConnectTimeout):
+            message = f"no connection within {min(timeout_s, CONNECT_TIMEOUT_S):g} s"
+        elif isinstance(e, httpx.TimeoutException):
+            message = f"timed out after {timeout_s:g} s"
+        else:
+            message = f"{type(e).__name__}: {e}"
+        return NoAnswer(self.url, name, message, sent=sent)
 
 
 def _detail(response: httpx.Response) -> list[dict[str, Any]] | None:
@@ -122,31 +165,32 @@ class RemoteActions(_Base):
         self._own_client = client is None
         self._client = client or httpx.Client(follow_redirects=False, limits=LIMITS)
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, name: str, method: str, url: str, timeout_s: float,
+              **kwargs: Any) -> httpx.Response:
+        timeout = _timeout(timeout_s)
         try:
-            return self._client.request(method, url, **kwargs)
+            return self._client.request(method, url, timeout=timeout, **kwargs)
         except _STALE_CONNECTION:
-            return self._client.request(method, url, **kwargs)
+            pass
+        except httpx.HTTPError as e:
+            raise self._failed(name, e, timeout_s) from e
+        try:
+            return self._client.request(method, url, timeout=timeout, **kwargs)
+        except httpx.HTTPError as e:
+            raise self._failed(name, e, timeout_s, resent=True) from e
 
     def spec(self, *, timeout_s: float | None = None) -> dict[str, list[str]]:
         """The server's spec: ``{"group.name": [parameter, ...]}``."""
         t = timeout_s or self.timeout_s
-        try:
-            response = self._send("GET", self.url + SPEC_PATH, timeout=t)
-        except httpx.HTTPError as e:
-            raise self._failed("jaseci_actions_spec", e, t) from e
-        return self._spec(response)
+        return self._spec(self._send("jaseci_actions_spec", "GET", self.url + SPEC_PATH, t))
 
     def call(
         self, name: str, kwargs: Mapping[str, Any] | None = None, *, timeout_s: float | None = None
     ) -> Any:
         """POST ``kwargs`` to action ``name``; its JSON result."""
         t = timeout_s or self.timeout_s
-        try:
-            response = self._send("POST", self._action_url(name), json=dict(kwargs or {}),
-                                  timeout=t)
-        except httpx.HTTPError as e:
-            raise self._failed(name, e, t) from e
+        response = self._send(name, "POST", self._action_url(name), t,
+                              json=dict(kwargs or {}))
         return self._result(name, response)
 
     def call_timed(
@@ -155,11 +199,8 @@ class RemoteActions(_Base):
         """Like `call`, with the server's own time for the action in ms (its
         `X-Jsorc-Service-Ms` header; NaN from servers that do not send it, Jaseci's)."""
         t = timeout_s or self.timeout_s
-        try:
-            response = self._send("POST", self._action_url(name), json=dict(kwargs or {}),
-                                  timeout=t)
-        except httpx.HTTPError as e:
-            raise self._failed(name, e, t) from e
+        response = self._send(name, "POST", self._action_url(name), t,
+                              json=dict(kwargs or {}))
         result = self._result(name, response)
         try:
             service_ms = float(response.headers.get(SERVICE_HEADER, "nan"))
@@ -170,9 +211,11 @@ class RemoteActions(_Base):
     def ready(self, timeout_s: float = 1.0) -> bool:
         """Whether the spec answers 200 within ``timeout_s``."""
         try:
-            return self._send("GET", self.url + SPEC_PATH, timeout=timeout_s).status_code == 200
-        except httpx.HTTPError:
+            response = self._send("jaseci_actions_spec", "GET", self.url + SPEC_PATH,
+                                  timeout_s)
+        except ActionCallError:
             return False
+        return response.status_code == 200
 
     def wait_ready(
         self,
@@ -220,36 +263,38 @@ class AsyncRemoteActions(_Base):
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(follow_redirects=False, limits=LIMITS)
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, name: str, method: str, url: str, timeout_s: float,
+                    **kwargs: Any) -> httpx.Response:
+        timeout = _timeout(timeout_s)
         try:
-            return await self._client.request(method, url, **kwargs)
+            return await self._client.request(method, url, timeout=timeout, **kwargs)
         except _STALE_CONNECTION:
-            return await self._client.request(method, url, **kwargs)
+            pass
+        except httpx.HTTPError as e:
+            raise self._failed(name, e, timeout_s) from e
+        try:
+            return await self._client.request(method, url, timeout=timeout, **kwargs)
+        except httpx.HTTPError as e:
+            raise self._failed(name, e, timeout_s, resent=True) from e
 
     async def spec(self, *, timeout_s: float | None = None) -> dict[str, list[str]]:
         t = timeout_s or self.timeout_s
-        try:
-            response = await self._send("GET", self.url + SPEC_PATH, timeout=t)
-        except httpx.HTTPError as e:
-            raise self._failed("jaseci_actions_spec", e, t) from e
+        response = await self._send("jaseci_actions_spec", "GET", self.url + SPEC_PATH, t)
         return self._spec(response)
 
     async def call(
         self, name: str, kwargs: Mapping[str, Any] | None = None, *, timeout_s: float | None = None
     ) -> Any:
         t = timeout_s or self.timeout_s
-        try:
-            response = await self._send(
-                "POST", self._action_url(name), json=dict(kwargs or {}), timeout=t
-            )
-        except httpx.HTTPError as e:
-            raise self._failed(name, e, t) from e
+        response = await self._send(name, "POST", self._action_url(name), t,
+                                    json=dict(kwargs or {}))
         return self._result(name, response)
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         try:
-            response = await self._send("GET", self.url + SPEC_PATH, timeout=timeout_s)
-        except httpx.HTTPError:
+            response = await self._send("jaseci_actions_spec", "GET", self.url + SPEC_PATH,
+                                        timeout_s)
+        except ActionCallError:
             return False
         return response.status_code == 200
 

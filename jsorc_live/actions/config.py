@@ -162,6 +162,10 @@ class ActionConfig:
     ``default_mode`` (local/remote) is where a first call to an unloaded action loads it.
     ``image``, ``port`` and ``container_command`` are a Kubernetes replica's container: the
     command defaults to the action server for ``module`` on all interfaces at ``port``.
+    ``call_timeout_s`` is each call's deadline (a finite number of seconds > 0; None: the
+    runtime's, 30 s by default); ``idempotent`` declares that a call may run twice without
+    harm, so one that was sent and got no answer may be sent again (a call that was never
+    sent is always sent again).
     """
 
     name: str
@@ -175,6 +179,8 @@ class ActionConfig:
     port: int = 80
     default_mode: str = "local"
     container_command: tuple[str, ...] | None = None
+    call_timeout_s: float | None = None
+    idempotent: bool = False
 
     def __post_init__(self) -> None:
         if self.default_mode not in MODES:
@@ -200,6 +206,15 @@ class ActionConfig:
         if self.remote_cores <= 0:  # a replica with no core serves nothing
             raise ConfigError(f"action {self.name!r}: remote_cores must be > 0, "
                               f"got {self.remote_cores!r}")
+        timeout: object = self.call_timeout_s
+        if timeout is not None and not (isinstance(timeout, int | float)
+                                        and not isinstance(timeout, bool)
+                                        and math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(f"action {self.name!r}: call_timeout_s must be a finite number "
+                              f"of seconds > 0, got {timeout!r}")
+        if not isinstance(self.idempotent, bool):
+            raise ConfigError(f"action {self.name!r}: idempotent must be true or false, "
+                              f"got {self.idempotent!r}")
 
     def command(
         self, host: str = "127.0.0.1", port: int = 0, *, python: str | None = None
@@ -237,7 +252,7 @@ class ActionConfig:
         local = float(data.get("local_memory_mb", data.get("local_mem_requirement", 0.0)))
         remote = data.get("remote_memory_mb", local + SERVER_OVERHEAD_MB)
         known = {"setup", "real_memory_mb", "image", "port", "default_mode",
-                 "container_command"}
+                 "container_command", "call_timeout_s", "idempotent"}
         extra: dict[str, Any] = {k: v for k, v in data.items() if k in known}
         if "remote_cores" in data:
             extra["remote_cores"] = parse_cpu(data["remote_cores"])

@@ -189,7 +189,7 @@ def test_the_meta_config_is_jsorcs_and_agrees_with_how_the_runtime_starts(
         monkeypatch: pytest.MonkeyPatch) -> None:
     doc = meta_config()
     assert set(doc) == {"automation", "backoff_interval", "namespace", "keep_alive",
-                        "kubernetes"}
+                        "kubernetes", "max_replicas"}
     assert set(doc) == set(Settings().as_dict())
     assert doc["keep_alive"] == [], "in a cluster Prometheus is a Deployment, not kept alive"
     assert doc["automation"] is True

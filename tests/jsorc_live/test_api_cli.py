@@ -73,7 +73,7 @@ def test_admin_commands_through_the_cli(served: str, capsys: pytest.CaptureFixtu
     code, answer = jsorc(url, "config", "get", capsys=capsys)
     assert code == 0 and answer["config"]["automation"] is False
     assert set(answer["config"]) == {"automation", "backoff_interval", "namespace",
-                                     "keep_alive", "kubernetes"}
+                                     "keep_alive", "kubernetes", "max_replicas"}
     assert jsorc(url, "config", "set", "backoff_interval", "2.5", capsys=capsys)[1]["value"] == 2.5
     code, err = jsorc(url, "config", "set", "backoff_interval", "-1", capsys=capsys)
     assert code == 2 and "backoff_interval" in err and "\n" not in err
@@ -205,7 +205,8 @@ class StandInReplicas:
         self.running.clear()
 
     def connect(self, replica: Replica) -> Invoker:
-        def invoke(name: str, kwargs: dict[str, Any]) -> tuple[Any, CallTiming]:
+        def invoke(name: str, kwargs: dict[str, Any], timeout_s: float
+                   ) -> tuple[Any, CallTiming]:
             assert replica in self.running, "a call reached a stopped replica"
             time.sleep(0.002)
             return {"where": replica.url}, CallTiming(2.0, 0.2)

@@ -85,9 +85,10 @@ class FakeReplicas:
         return replica.url not in self.dead and replica in self.running
 
     def connect(self, replica: Replica) -> Invoker:
-        def invoke(name: str, kwargs: dict[str, Any]) -> tuple[Any, CallTiming]:
+        def invoke(name: str, kwargs: dict[str, Any], timeout_s: float
+                   ) -> tuple[Any, CallTiming]:
             if replica.url in self.dead:
-                raise TransportError(f"{replica.url} refused the connection")
+                raise TransportError(f"{replica.url} refused the connection", sent=False)
             assert replica in self.running, "a call reached a stopped replica"
             time.sleep(0.002)
             return {"remote": replica.url}, CallTiming(1.5, 0.5)
@@ -238,7 +239,8 @@ def test_a_dead_replica_is_replaced_and_no_call_fails() -> None:
         time.sleep(0.02)
     assert router.replicas_ready == 2
     assert victim in pool.stopped
-    assert any(e["kind"] == "replica_died" for e in router.events)
+    # Found by the calls that could not connect and the health checks, not a process exit.
+    assert any(e["kind"] == "replica_unhealthy" for e in router.events)
     settled_observations_agree(runtime)
     runtime.close()
 

@@ -102,7 +102,8 @@ def test_run_out_writes_every_table_the_report_and_the_scenario(
     assert code == 0
     written = sorted(p.name for p in out_dir.iterdir())
     assert written == sorted([f"{t}.parquet" for t in TABLES] + ["report.json",
-                                                                  "scenario.toml"])
+                                                                  "scenario.toml",
+                                                                  "manifest.json"])
     assert json.loads((out_dir / "report.json").read_text()) == json.loads(out)
     result = simulate(LOADTEST, "all_local", seed=1, duration_s=300, app="sentence_pairing")
     for table in TABLES:
@@ -113,17 +114,20 @@ def test_run_out_writes_every_table_the_report_and_the_scenario(
     assert [p.name for p in out_dir.parent.iterdir()] == ["run1"], "no temporary folder left"
 
 
-def test_run_out_replaces_an_existing_folder_whole(capsys: pytest.CaptureFixture[str],
-                                                   tmp_path: Path) -> None:
+def test_run_out_keeps_other_files_and_replaces_its_own(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
     out_dir = tmp_path / "run"
     out_dir.mkdir()
-    (out_dir / "stale.txt").write_text("from an earlier run")
+    (out_dir / "notes.txt").write_text("someone's notes")
     code, out, _ = cli(capsys, *RUN, "--out", str(out_dir))
     assert code == 0
-    assert not (out_dir / "stale.txt").exists()
+    assert (out_dir / "notes.txt").read_text() == "someone's notes"
     assert (out_dir / "report.json").is_file()
     assert f"wrote {out_dir}/" in out
+    code, _, _ = cli(capsys, *RUN, "--out", str(out_dir))  # its own files: replaced
+    assert code == 0
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert not [p.name for p in out_dir.iterdir() if p.name.startswith(".")]
 
 
 def test_a_policy_that_fails_with_on_error_stop_exits_1(capsys: pytest.CaptureFixture[str],
