@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Fresh clone: ../shared/traces sits beside the repository (CI lays it there too).
 export JSORC_TRACES ?= $(abspath ../shared/traces)
 
-.PHONY: setup jaseci-env demo demo-live demo-kube test lint typecheck bench results clean
+.PHONY: setup jaseci-env demo demo-live demo-kube test lint typecheck bench results chaos clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,12 @@ bench: setup
 # (experiments/results.py; `make results ONLY=demo,signals` for some of them).
 results: setup
 	$(BIN)/python experiments/results.py $(if $(ONLY),--only $(ONLY))
+
+# The fault suite of issue #10, long: every fault against a real `jsorc serve` on loopback,
+# plus the API fuzzer; prints the table and writes runs/chaos/table.md and rows.json
+# (`make test` runs the short rows: tests/reliability/test_faults.py).
+chaos: setup
+	$(BIN)/python -m tests.reliability --long
 
 clean:
 	rm -rf $(VENV) $(JASECI_VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -379,6 +379,15 @@ def render_demo_kube(run: Run) -> str:
     return fence(text[start:].rstrip())
 
 
+def render_chaos(run: Run) -> str:
+    """`python -m tests.reliability --long` (`make chaos`): its table of rows, the count of
+    rows ok and the fuzz summary, as printed (the columns are defined in the README)."""
+    lines = _lines(run.stdout)
+    first = _find(lines, "| #")
+    last = _find(lines, "Fuzz:")
+    return "\n".join(lines[first:last + 1]).strip() + "\n"
+
+
 def render_bench_sim(run: Run) -> str:
     """benchmarks/bench_sim.py: the calls/s table (medians) and the 10^6-call sentence, read
     from its printed summary."""
@@ -458,6 +467,9 @@ BLOCKS: tuple[Block, ...] = (
           figures=(("speedup.png", "docs/loadtest_speedup.png"),)),
     Block("demo_live", ("python", "experiments/demo_live.py"), render_demo_live,
           volatile=True, timeout_s=900.0),
+    # The fault suite with its fuzzer (`make chaos`): about 15 minutes.
+    Block("chaos", ("python", "-m", "tests.reliability", "--long", "--out", "{out}"),
+          render_chaos, volatile=True, timeout_s=3600.0),
     # The benchmarks last, when nothing else of this script runs.
     Block("demo_kube", ("python", "experiments/demo_kube.py"), render_demo_kube,
           volatile=True, timeout_s=900.0),

@@ -119,16 +119,22 @@ class _Base:
         return spec
 
     def _failed(self, name: str, e: httpx.HTTPError, timeout_s: float,
-                resent: bool = False) -> NoAnswer:
-        """The error for a request that got no answer. `resent`: it was sent once before,
-        on a connection that failed (so even a connect error now may follow a sent one)."""
-        sent = resent or not isinstance(e, _NEVER_SENT)
+                first: httpx.HTTPError | None = None) -> NoAnswer:
+        """The error for a request that got no answer. `first`: how its first try failed,
+        on a kept-alive connection, before this one (a failed write left nothing the server
+        could run; a connection closed or reset while it waited may follow a read, so even
+        a refused connection now may come after a sent request)."""
+        sent_before = first is not None and not isinstance(first, httpx.WriteError)
+        sent = sent_before or not isinstance(e, _NEVER_SENT)
         if isinstance(e, httpx.ConnectTimeout):
             message = f"no connection within {min(timeout_s, CONNECT_TIMEOUT_S):g} s"
         elif isinstance(e, httpx.TimeoutException):
             message = f"timed out after {timeout_s:g} s"
         else:
             message = f"{type(e).__name__}: {e}"
+        if first is not None:
+            message = (f"{type(first).__name__}: {first} on a kept-alive connection, then "
+                       f"{message}")
         return NoAnswer(self.url, name, message, sent=sent)
 
 
@@ -170,14 +176,14 @@ class RemoteActions(_Base):
         timeout = _timeout(timeout_s)
         try:
             return self._client.request(method, url, timeout=timeout, **kwargs)
-        except _STALE_CONNECTION:
-            pass
+        except _STALE_CONNECTION as e:
+            first: httpx.HTTPError = e
         except httpx.HTTPError as e:
             raise self._failed(name, e, timeout_s) from e
         try:
             return self._client.request(method, url, timeout=timeout, **kwargs)
         except httpx.HTTPError as e:
-            raise self._failed(name, e, timeout_s, resent=True) from e
+            raise self._failed(name, e, timeout_s, first=first) from e
 
     def spec(self, *, timeout_s: float | None = None) -> dict[str, list[str]]:
         """The server's spec: ``{"group.name": [parameter, ...]}``."""
@@ -268,14 +274,14 @@ class AsyncRemoteActions(_Base):
         timeout = _timeout(timeout_s)
         try:
             return await self._client.request(method, url, timeout=timeout, **kwargs)
-        except _STALE_CONNECTION:
-            pass
+        except _STALE_CONNECTION as e:
+            first: httpx.HTTPError = e
         except httpx.HTTPError as e:
             raise self._failed(name, e, timeout_s) from e
         try:
             return await self._client.request(method, url, timeout=timeout, **kwargs)
         except httpx.HTTPError as e:
-            raise self._failed(name, e, timeout_s, resent=True) from e
+            raise self._failed(name, e, timeout_s, first=first) from e
 
     async def spec(self, *, timeout_s: float | None = None) -> dict[str, list[str]]:
         t = timeout_s or self.timeout_s
