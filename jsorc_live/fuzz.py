@@ -23,10 +23,7 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,35 +61,17 @@ class FuzzSummary:
 def serving_for_fuzz(token: str) -> Iterator[str]:
     """A real `jsorc serve`-like app on a free loopback port until the block ends; its URL.
     Replicas are capped at 2, so a fuzzed load cannot start many processes."""
-    import uvicorn
-
     from jsorc_live.api import build_service
+    from jsorc_live.inproc import app_in_thread
     from jsorc_live.jaseci_login import AdminCredentials
 
     # Login on, so that /user/token/ is fuzzed past its 503 "login is off".
     service, app = build_service(token, max_replicas=2,
                                  credentials=AdminCredentials("fuzz@example.com", token))
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError(f"the fuzzed server at {url} did not come up")
-            time.sleep(0.05)
-        yield url
+        with app_in_thread(app) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         service.close()
 
 

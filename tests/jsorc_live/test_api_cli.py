@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-import uvicorn
 
 from jsorc_live import cli
 from jsorc_live.api import JsorcService, make_app
+from jsorc_live.inproc import app_in_thread
 from jsorc_live.runtime import (
     ActionInfo,
     CallTiming,
@@ -34,7 +34,7 @@ from jsorc_live.runtime import (
     Step,
     Walker,
 )
-from tests.jsorc_live.servers import free_port, jsorc_serving
+from tests.jsorc_live.servers import jsorc_serving
 
 TOKEN = "s3cret-token"
 REPO = Path(__file__).resolve().parents[2]
@@ -227,18 +227,10 @@ def in_process() -> Iterator[tuple[str, StandInReplicas]]:
         return ActionInfo(name, f"stand_in_{name}")
 
     service = JsorcService(runtime, replicas, load_config=load_config)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(service, TOKEN), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url)
-        yield url, replicas
+        with app_in_thread(make_app(service, TOKEN)) as url:
+            yield url, replicas
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         service.close()
 
 

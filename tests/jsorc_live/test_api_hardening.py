@@ -28,12 +28,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from jsorc_live.api import JsorcService, make_app
+from jsorc_live.inproc import app_in_thread
 from jsorc_live.limits import PoolSizes
 from jsorc_live.runtime import ActionInfo, Runtime, RuntimeRefusal, loadtest_walkers
-from tests.jsorc_live.servers import free_port, jsorc_serving
+from tests.jsorc_live.servers import jsorc_serving
 
 TOKEN = "hardening-token"
 AUTH = {"Authorization": f"token {TOKEN}"}
@@ -83,25 +83,13 @@ def serving(pools: PoolSizes | None = None, max_body_bytes: int = 8 * 1024 * 102
 
     service = JsorcService(runtime, None, load_config=load_config or configs)
     app = make_app(service, TOKEN, pools=pools, max_body_bytes=max_body_bytes)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "server not up"
-            time.sleep(0.05)
-        yield App(url, service, gate, app)
+        with app_in_thread(app) as url:
+            try:
+                yield App(url, service, gate, app)
+            finally:
+                gate.open.set()  # no slow call outlives the test
     finally:
-        gate.open.set()
-        server.should_exit = True
-        thread.join(timeout=30)
         service.close()
 
 

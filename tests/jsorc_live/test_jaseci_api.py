@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import ast
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from jsorc_live.api import JsorcService, Settings, make_app
+from jsorc_live.inproc import app_in_thread
 from jsorc_live.jaseci_api import jaseci_status, runs_of
 from jsorc_live.jaseci_login import AdminCredentials, LoginLimiter
 from jsorc_live.jaseci_ops import OPS, Arg, Op, coerce_args
@@ -25,8 +24,8 @@ from jsorc_live.jaseci_states import StateRecorder
 from jsorc_live.kube.settings import KubeSettings
 from jsorc_live.meta_config import KubernetesConfig, MetaConfig, MetaConfigError, parse_meta_config
 from jsorc_live.runtime import ActionInfo, Runtime, RuntimeRefusal, Step, Walker
-from tests.jsorc_live.servers import JASECI_VENV, free_port
-from tests.jsorc_live.test_api_cli import StandIn, StandInReplicas, wait_ready
+from tests.jsorc_live.servers import JASECI_VENV
+from tests.jsorc_live.test_api_cli import StandIn, StandInReplicas
 
 TOKEN = "t0ken"
 ADMIN = {"Authorization": f"token {TOKEN}"}
@@ -246,18 +245,10 @@ def app_client(request: pytest.FixtureRequest) -> Iterator[tuple[Client, JsorcSe
                       replicas=replicas, walkers=[Walker("flow", (Step("a", "f"),))])
     service = JsorcService(runtime, replicas,
                            load_config=lambda module, name: ActionInfo(name, f"mod_{name}"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(service, TOKEN, credentials=credentials),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url)
-        yield Client(url), service
+        with app_in_thread(make_app(service, TOKEN, credentials=credentials)) as url:
+            yield Client(url), service
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         service.close()
 
 

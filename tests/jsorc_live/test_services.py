@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +19,10 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-import uvicorn
 
 from jsorc_live import cli
 from jsorc_live.api import JsorcService, make_app
+from jsorc_live.inproc import app_in_thread
 from jsorc_live.ops import serving
 from jsorc_live.runtime import ActionInfo, Runtime
 from jsorc_live.services import (
@@ -247,17 +246,10 @@ def bare_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str
     app = make_app(service, TOKEN)
     port = free_port()
     serving(app, "127.0.0.1", port)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
     try:
-        poll(lambda: _answers(url), 10, "the API up")
-        yield url
+        with app_in_thread(app, port=port) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         service.close()
 
 
