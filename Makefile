@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Fresh clone: ../shared/traces sits beside the repository (CI lays it there too).
 export JSORC_TRACES ?= $(abspath ../shared/traces)
 
-.PHONY: setup jaseci-env demo demo-live demo-kube test lint typecheck bench results chaos clean
+.PHONY: setup jaseci-env demo demo-live demo-kube test lint typecheck bench results chaos validate clean
 
 setup: $(STAMP)
 
@@ -65,6 +65,13 @@ results: setup
 # (`make test` runs the short rows: tests/reliability/test_faults.py).
 chaos: setup
 	$(BIN)/python -m tests.reliability --long
+
+# Sim-to-real (#11): live runs on this machine, calibrated on some, the others predicted;
+# prints the MAPE / Pearson / ranking table, writes runs/validate/validate.{json,png}.
+# About 15 minutes on 2 cores (`make test` runs the short one: tests/jsorc_sim/test_validate.py).
+validate: setup
+	rm -rf runs/validate
+	$(BIN)/jsorc-sim validate --out runs/validate
 
 clean:
 	rm -rf $(VENV) $(JASECI_VENV) runs .pytest_cache .mypy_cache .ruff_cache

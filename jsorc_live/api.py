@@ -374,7 +374,9 @@ class JsorcService:
 
     def benchmark_start(self) -> dict[str, Any]:
         self.runtime.benchmark_start()
-        return {"success": True, "message": "benchmark started"}
+        # The runtime's clock (its now(), the ts of calls and decisions) at the start, so a
+        # client can align its own times with the server's (jsorc loadtest's run.json).
+        return {"success": True, "message": "benchmark started", "now": self.runtime.now()}
 
     def benchmark_stop(self) -> dict[str, Any]:
         return {"success": True, "report": plain(self.runtime.benchmark_stop())}

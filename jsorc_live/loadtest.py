@@ -11,7 +11,11 @@ simulator: `jsorc_traces`), whatever is still running; `--duration` cuts the tra
 It starts the server's benchmark and call tracking, drives the load, and prints JSORC's
 benchmark report (the server's measurement) with the client's own count of failures. With
 `--out` it writes `report.json`, `calls.parquet` (the action-call trace, the simulator's
-`calls` columns, which `jsorc-sim` can replay) and `requests.parquet` (the client's view).
+`calls` columns, which `jsorc-sim` can replay), `requests.parquet` (the client's view: its
+latency beside the server's `server_ms` of the same walker run, by `request_id`; the
+difference is the HTTP round trip) and `run.json` (what the run was: the workload, the
+placements and policy at the start and their changes, the action configs, the machine, and
+the server clock at the start that aligns the tables; jsorc_live.run_record).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import threading
@@ -30,7 +35,10 @@ from typing import Any
 
 import httpx
 
-REQUEST_COLUMNS = ("ts", "app", "latency_ms", "ok", "error")
+from jsorc_live import run_record
+
+REQUEST_COLUMNS = ("ts", "app", "latency_ms", "ok", "error", "request_id", "server_ms")
+OUT_FILES = "report.json, calls.parquet, requests.parquet, run.json"
 
 
 @dataclass
@@ -38,12 +46,22 @@ class ClientLog:
     """The client's view of every walker run it asked for (thread-safe appends)."""
 
     started: float = field(default_factory=time.perf_counter)
-    rows: list[tuple[float, str, float, bool, str]] = field(default_factory=list)
+    rows: list[tuple[float, str, float, bool, str, int, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, sent: float, app: str, answered: float, ok: bool, error: str) -> None:
+    def add(self, sent: float, app: str, answered: float, ok: bool, error: str,
+            answer: Any = None) -> None:
+        """One walker run; `answer` is the server's JSON answer (its request_id and its own
+        latency_ms), when there was one."""
+        rid, server_ms = -1, math.nan
+        if isinstance(answer, dict):
+            if isinstance(answer.get("request_id"), int):
+                rid = answer["request_id"]
+            if isinstance(answer.get("latency_ms"), int | float):
+                server_ms = float(answer["latency_ms"])
         with self.lock:
-            self.rows.append((sent - self.started, app, (answered - sent) * 1000.0, ok, error))
+            self.rows.append((sent - self.started, app, (answered - sent) * 1000.0, ok, error,
+                              rid, server_ms))
 
     @property
     def failures(self) -> int:
@@ -63,7 +81,7 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply trace times (0.5 replays twice as fast)")
     p.add_argument("--seed", type=int, default=0, help="seed for spreading per-minute counts")
-    p.add_argument("--out", help="write report.json, calls.parquet, requests.parquet here")
+    p.add_argument("--out", help=f"write {OUT_FILES} here")
 
 
 class LoadtestError(Exception):
@@ -81,9 +99,17 @@ def run(args: argparse.Namespace,
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and any(out.iterdir()):
         raise LoadtestError(f"--out {out} is not empty")
-    post(args, "/jsorc/benchmark/start", {})
+    admin: run_record.Post = lambda path, body: post(args, path, body)  # noqa: E731
+    # The record's reads (state before and after, the decision log while the load runs)
+    # happen only with --out: a plain loadtest asks the server nothing more than it did.
+    before = run_record.read_state(admin) if out is not None else None
+    watch = run_record.DecisionWatch(admin, before.decisions if before else ())
+    wall_start, clock_start = run_record.wall_now(), time.perf_counter()
+    server_start = post(args, "/jsorc/benchmark/start", {}).get("now")
     post(args, "/jsorc/trackact/start", {})
     log = ClientLog()
+    if out is not None:
+        watch.start()
     try:
         if arrivals is None:
             _closed_loop(args, log)
@@ -98,15 +124,40 @@ def run(args: argparse.Namespace,
                "clients": args.clients, "duration_s": args.duration,
                "walker_runs": len(log.rows), "failed": log.failures,
                "calls_tracked": len(calls), "benchmark": benchmark}
-    if out is not None:
-        _save(out, summary, calls, log)
+    if out is not None and before is not None:
+        elapsed = time.perf_counter() - clock_start
+        base = _number(server_start)
+        record = run_record.build(
+            workload=_workload(args, arrivals), server=args.server, start=before,
+            end=run_record.read_state(admin), decisions=watch.stop(), calls=calls,
+            # Both clocks are monotonic: the end is the start plus what the client measured.
+            server_now=(base, None if base is None else base + elapsed),
+            wall=(wall_start, run_record.wall_now(), elapsed))
+        _save(out, summary, calls, log, record)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(format_summary(summary))
         if out is not None:
-            print(f"\nwrote {out}/: report.json, calls.parquet, requests.parquet")
+            print(f"\nwrote {out}/: {OUT_FILES}")
     return 0
+
+
+def _workload(args: argparse.Namespace, arrivals: list[float] | None) -> dict[str, Any]:
+    closed = arrivals is None
+    return {"app": args.app, "mode": "closed" if closed else "trace",
+            "clients": args.clients if closed else None,
+            "think_ms": args.think_ms if closed else None,
+            "duration_s": args.duration, "seed": args.seed,
+            "trace": None if closed else os.path.abspath(args.trace),
+            "trace_format": None if closed else args.trace_format,
+            "time_scale": None if closed else args.time_scale,
+            "trace_arrivals": None if arrivals is None else len(arrivals)}
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def _arrivals(args: argparse.Namespace) -> list[float]:
@@ -141,13 +192,22 @@ def _closed_loop(args: argparse.Namespace, log: ClientLog) -> None:
 
 def _one(http: httpx.Client, url: str, app: str, log: ClientLog) -> None:
     sent = time.perf_counter()
+    answer = None
     try:
         response = http.post(url, json={"name": app, "ctx": {}})
         ok = response.status_code < 400
         error = "" if ok else f"HTTP {response.status_code}: {response.text[:120]}"
+        answer = _answer(response)
     except httpx.HTTPError as exc:
         ok, error = False, f"{type(exc).__name__}: {exc}"
-    log.add(sent, app, time.perf_counter(), ok, error)
+    log.add(sent, app, time.perf_counter(), ok, error, answer)
+
+
+def _answer(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:  # not JSON (a proxy's error page): no server figures for this run
+        return None
 
 
 async def _replay(args: argparse.Namespace, arrivals: list[float], log: ClientLog) -> None:
@@ -157,13 +217,15 @@ async def _replay(args: argparse.Namespace, arrivals: list[float], log: ClientLo
 
         async def one() -> None:
             sent = time.perf_counter()
+            answer = None
             try:
                 response = await http.post(url, json={"name": args.app, "ctx": {}})
                 ok = response.status_code < 400
                 error = "" if ok else f"HTTP {response.status_code}: {response.text[:120]}"
+                answer = _answer(response)
             except httpx.HTTPError as exc:
                 ok, error = False, f"{type(exc).__name__}: {exc}"
-            log.add(sent, args.app, time.perf_counter(), ok, error)
+            log.add(sent, args.app, time.perf_counter(), ok, error, answer)
 
         tasks = []
         start = time.perf_counter()
@@ -212,7 +274,7 @@ def _fmt(value: Any) -> str:
 
 
 def _save(out: Path, summary: dict[str, Any], calls: list[dict[str, Any]],
-          log: ClientLog) -> None:
+          log: ClientLog, record: dict[str, Any]) -> None:
     """Write everything to a folder beside `out`, then swap it in: nothing half-written."""
     import pandas as pd
 
@@ -222,6 +284,7 @@ def _save(out: Path, summary: dict[str, Any], calls: list[dict[str, Any]],
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.mkdir()
     (tmp / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (tmp / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     pd.DataFrame(calls, columns=list(CALL_COLUMNS)).to_parquet(tmp / "calls.parquet",
                                                                index=False)
     pd.DataFrame(log.rows, columns=list(REQUEST_COLUMNS)).to_parquet(

@@ -192,6 +192,10 @@ class RouterState:
                 "in_flight": sum(t.in_flight for t in self._targets()),
                 "module": self.info.module,
                 "call_timeout_s": self.deadline_s,
+                # The sizes a simulator needs to reproduce this action (jsorc-sim calibrate).
+                "local_memory_mb": self.local_memory_mb,
+                "remote_memory_mb": self.info.remote_memory_mb,
+                "replica_cores": self.info.replica_cores,
             }
             remote = next((t for t in self._targets() if isinstance(t, RemoteTarget)), None)
             if desired.mode is Mode.REMOTE or remote is not None:

@@ -5,6 +5,9 @@
     jsorc-sim policies [--json]
     jsorc-sim experiment FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
     jsorc-sim tune FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
+    jsorc-sim calibrate DIR [DIR ...] --out SCENARIO.toml [--base SCENARIO.toml]
+    jsorc-sim validate [--out DIR] [--short] [--duration S] [--set dotted.path=value]...
+                       [--reuse-runs]
 
 Bad input (a scenario, trace, policy or parameter that cannot be used) exits with code 2 and
 one message naming the bad value; nothing is written to --out then.
@@ -24,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jsorc_sim import experiment, tune
+from jsorc_sim import experiment, tune, validate
 from jsorc_sim.experiment import ExperimentError
 from jsorc_sim.outputs import OutputError
 from jsorc_sim.results import check_out
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jsorc-sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (ScenarioError, TraceError, PolicyError, PlacementError, ExperimentError,
-            OutputError) as exc:
+            OutputError, validate.ValidateError) as exc:
         # These name the file, field, line or parameter themselves. Anything else is a bug
         # and keeps its traceback.
         print(f"jsorc-sim: {exc}", file=sys.stderr)
@@ -87,6 +90,18 @@ def _parser() -> argparse.ArgumentParser:
 
     experiment.add_parser(sub)
     tune.add_parser(sub)
+    validate.add_parser(sub)
+
+    cal = sub.add_parser("calibrate", help="fit a scenario to live loadtest folders",
+                         description="Fit service, network, start-up and compute times, memory "
+                         "and the node's effective cores to `jsorc loadtest --out` folders and "
+                         "write a scenario that reproduces the run, each value annotated.")
+    cal.add_argument("folders", nargs="+", metavar="DIR", help="loadtest folders")
+    cal.add_argument("--out", required=True, metavar="SCENARIO.toml",
+                     help="the scenario to write (empirical samples go beside it)")
+    cal.add_argument("--base", metavar="SCENARIO.toml",
+                     help="keep this scenario's values where the runs are too few to fit")
+    cal.set_defaults(handler=_calibrate)
 
     pol = sub.add_parser("policies", help="list every policy with its parameters and defaults")
     pol.add_argument("--json", action="store_true")
@@ -146,6 +161,26 @@ def _run(args: argparse.Namespace) -> int:
     if result.status != "ok":
         print(f"jsorc-sim: {result.status}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jsorc_sim.calibrate import CalibrationError, calibrate
+
+    try:
+        result = calibrate([Path(f) for f in args.folders],
+                           base=Path(args.base) if args.base else None)
+    except CalibrationError as exc:
+        raise BadInput(str(exc)) from None
+    try:
+        result.write(args.out)
+    except OSError as exc:
+        raise BadInput(f"--out {args.out}: cannot write: {exc.strerror or exc}") from None
+    print(result.table())
+    print(f"\nwrote {args.out}" + (f" and {len(result.samples)} sample file(s) beside it"
+                                   if result.samples else ""))
     return 0
 
 

@@ -63,13 +63,17 @@ def service_maker(dist: Dist, base_dir: Path) -> ServiceMaker:
     """Makes samplers of service times in ms for one action's distribution, one per random
     stream (each source of requests has its own); an empirical file is read once, here."""
     mean = dist.mean_ms
-    if dist.dist == "const" or (dist.dist == "lognormal" and dist.cv == 0):
+    if dist.dist == "const" or (dist.dist in ("lognormal", "gamma") and dist.cv == 0):
         return lambda _rng: constant(mean)
     if dist.dist == "exp":
         return lambda rng: Sampler(lambda n: rng.exponential(mean, n), mean)
     if dist.dist == "lognormal":
         mu, sigma = lognormal_params(mean, dist.cv)
         return lambda rng: Sampler(lambda n: rng.lognormal(mu, sigma, n), mean)
+    if dist.dist == "gamma":
+        # shape k = 1/cv^2 and scale = mean * cv^2 give this mean and cv.
+        shape, scale = 1.0 / (dist.cv * dist.cv), mean * dist.cv * dist.cv
+        return lambda rng: Sampler(lambda n: rng.gamma(shape, scale, n), mean)
     if dist.dist == "empirical":
         samples = read_samples(base_dir / dist.file, dist.column)
         sample_mean = float(samples.mean())

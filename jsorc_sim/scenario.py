@@ -20,7 +20,7 @@ from typing import Any
 
 from policies import Mode, Placement, PlacementError
 
-DISTS = ("exp", "const", "lognormal", "empirical")
+DISTS = ("exp", "const", "lognormal", "gamma", "empirical")
 WORKLOADS = ("closed", "poisson", "trace")
 TRACE_FORMATS = ("auto", "requests", "azure2019", "azure2021", "azure_llm2023", "calls")
 QUEUES = ("shared", "per_replica")
@@ -54,9 +54,9 @@ def spec(default: Any = dataclasses.MISSING, doc: str = "", *, minimum: float | 
 class Dist:
     """A service-time distribution in ms. `empirical` samples the numbers in `file`."""
 
-    dist: str = spec("exp", "exp | const | lognormal | empirical", choices=DISTS)
+    dist: str = spec("exp", "exp | const | lognormal | gamma | empirical", choices=DISTS)
     mean_ms: float = spec(10.0, "mean service time (ms); for empirical, ignored", minimum=0.0)
-    cv: float = spec(1.0, "coefficient of variation (lognormal only)", minimum=0.0)
+    cv: float = spec(1.0, "coefficient of variation (lognormal and gamma)", minimum=0.0)
     file: str = spec("", "empirical: a file of samples in ms, one per line or a CSV column")
     column: str = spec("", "empirical: the CSV column to read (default: the first)")
 
