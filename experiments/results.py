@@ -388,6 +388,12 @@ def render_chaos(run: Run) -> str:
     return "\n".join(lines[first:last + 1]).strip() + "\n"
 
 
+def render_validate(run: Run) -> str:
+    """`jsorc-sim validate` (`make validate`): the held-out summary (MAPE, Pearson r, largest
+    error per metric), the placement changes and the policy ranking, as printed, fenced."""
+    return fence(span(run.stdout, "Over the", "wrote "))
+
+
 def render_bench_sim(run: Run) -> str:
     """benchmarks/bench_sim.py: the calls/s table (medians) and the 10^6-call sentence, read
     from its printed summary."""
@@ -467,6 +473,9 @@ BLOCKS: tuple[Block, ...] = (
           figures=(("speedup.png", "docs/loadtest_speedup.png"),)),
     Block("demo_live", ("python", "experiments/demo_live.py"), render_demo_live,
           volatile=True, timeout_s=900.0),
+    # Sim-to-real (`make validate`): 26 live runs, calibrated and predicted; about 15 minutes.
+    Block("validate", ("jsorc-sim", "validate", "--out", "{out}"), render_validate,
+          figures=(("validate.png", "docs/validate.png"),), volatile=True, timeout_s=3600.0),
     # The fault suite with its fuzzer (`make chaos`): about 15 minutes.
     Block("chaos", ("python", "-m", "tests.reliability", "--long", "--out", "{out}"),
           render_chaos, volatile=True, timeout_s=3600.0),
