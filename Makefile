@@ -67,11 +67,11 @@ chaos: setup
 	$(BIN)/python -m tests.reliability --long
 
 # Sim-to-real (#11): live runs on this machine, calibrated on some, the others predicted;
-# prints the MAPE / Pearson / ranking table, writes runs/validate/validate.{json,png}.
+# prints the MAPE / Pearson / ranking table, writes runs/validate/TIME/validate.{json,png}
+# (a new folder each time: nothing earlier is deleted or overwritten).
 # About 15 minutes on 2 cores (`make test` runs the short one: tests/jsorc_sim/test_validate.py).
 validate: setup
-	rm -rf runs/validate
-	$(BIN)/jsorc-sim validate --out runs/validate
+	$(BIN)/jsorc-sim validate --out runs/validate/$$(date +%Y%m%dT%H%M%S)
 
 clean:
 	rm -rf $(VENV) $(JASECI_VENV) runs .pytest_cache .mypy_cache .ruff_cache
