@@ -226,7 +226,10 @@ class ActionRuntime:
         service_ms *= self.slowdown
         self.local_in_flight += 1
         signals.dispatched(token, env.now, LOCAL)
+        slot = runtime.runtime_slots.request() if runtime.runtime_slots else None
         try:
+            if slot is not None:
+                yield slot
             with runtime.cores.request() as req:
                 yield req
                 start = env.now
@@ -235,6 +238,9 @@ class ActionRuntime:
         except simpy.Interrupt as stop:
             self._record_failure(rid, app, issued, LOCAL, stop, token)
             raise
+        finally:
+            if slot is not None:
+                runtime.release_slot(slot)
         now = env.now
         latency = (now - issued) * 1000.0
         signals.finished(token, now, True, latency, service_ms, 0.0, bool(cold),
@@ -257,7 +263,12 @@ class ActionRuntime:
         sent = env.now  # after any cold-start wait, which counts as waiting, not network
         moved_local = False
         try:
-            if network_ms:
+            if network_ms and self.runtime.network_holds_core:
+                # node.network_holds_core: on loopback the hop is both ends' CPU, not a wire.
+                with self.runtime.cores.request() as wire_core:
+                    yield wire_core
+                    yield env.timeout(network_ms / 1000.0)
+            elif network_ms:
                 yield env.timeout(network_ms / 1000.0)
             queued = env.now
             if not pool.ready and not pool.slots.get_queue:
@@ -290,11 +301,24 @@ class ActionRuntime:
                             get.cancel()
                         raise
                 pool.acquired(replica_id)
+                # node.replicas_share_cores: the replica runs on the node's cores too, so its
+                # service waits for one (that wait is part of the call's queueing).
+                core = self.runtime.cores.request() if self.runtime.replicas_share_cores \
+                    else None
                 start = env.now
-                signals.started(token, start, replica_id)
                 try:
+                    if core is not None:
+                        yield core
+                        start = env.now
+                    signals.started(token, start, replica_id)
                     yield env.timeout(service_ms / 1000.0)
+                    if core is not None:
+                        self.runtime.cores.release(core)
+                        core = None
                 except simpy.Interrupt:
+                    if core is not None:
+                        core.cancel()
+                        self.runtime.cores.release(core)
                     # The walker is gone but the replica finishes the call it was given.
                     # (Its observed busy time ends with the walker's call: out-of-memory
                     # only, where the replica's last seconds matter to no policy.)

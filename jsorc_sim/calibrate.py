@@ -39,7 +39,13 @@ comment, beside the value in the TOML):
 - memory and replica cores: the action configs in run.json;
 - compute_ms: the server's walker latency minus the latency of its calls, per request; the
   client's HTTP round trip (client latency - server latency) is not in the simulator's
-  runtime, so it is added to `think_ms`, where a closed-loop client spends it too.
+  runtime, so it is added to `think_ms`, where a closed-loop client spends it too;
+- one machine (every run.json `server` on loopback: replicas and load generator beside the
+  runtime): `node.replicas_share_cores = true`; the round trip of the 1-client runs becomes
+  `workload.client_cpu_ms` (CPU on a node core, so it grows with clients as the cores fill)
+  instead of think time; `node.runtime_cores` is the 4- over 1-client throughput of the
+  all-local runs, rounded (the GIL), and local samples are then divided by
+  max(1, k / runtime_cores) instead of by the fitted cores.
 
 Too few samples (< fit.MIN_SAMPLES) keep the value of `--base` (else a default named in the
 note) and mark it not calibrated.
@@ -56,6 +62,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -68,6 +75,7 @@ from jsorc_sim.toml_notes import render_toml
 from policies import Placement, PlacementError
 
 T = TypeVar("T")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_SERVICE_MS = 10.0  # without --base and without samples: Dist's own default mean
 
 
@@ -188,6 +196,7 @@ class _Builder:
         self.notes: dict[str, Note] = {}
         self.fits: list[ActionFit] = []
         self.samples: dict[str, tuple[float, ...]] = {}
+        self.runtime_limit: int | None = None  # node.runtime_cores when fitted (one machine)
         self.name = "calibrated_" + re.sub(r"[^A-Za-z0-9_.-]+", "_",
                                            self.first.folder.resolve().name)
         self.calls = pd.concat([_with_concurrency(r.calls).assign(run=i)
@@ -203,6 +212,9 @@ class _Builder:
 
     def build(self) -> CalibratedScenario:
         cores = self.node_cores()
+        # One machine: the runtime's own parallelism, which local samples are corrected by.
+        self.runtime_limit = self.runtime_cores(self.core_count(cores)) \
+            if self.one_machine() else None
         network = self.network()
         actions = {a: self.action(a, cores, network) for a in self.actions}
         apps = self.apps()
@@ -224,6 +236,12 @@ class _Builder:
         local = _ok(self.calls, "local")
         return fit.fit_cores(local["action"].to_numpy(str), local["k"].to_numpy(float),
                              local["service_ms"].to_numpy(float))
+
+    def core_count(self, cores: fit.CoresFit) -> int:
+        """node.cores: the fitted effective cores, else the machine's (see `node`)."""
+        if cores.identified and cores.cores is not None:
+            return cores.cores
+        return max(int(self.first.need("machine")["cores"]), cores.max_concurrency)
 
     def node(self, cores: fit.CoresFit) -> dict[str, Any]:
         machine = self.first.need("machine")
@@ -247,9 +265,52 @@ class _Builder:
                   "--base" if self.base is not None else "scenario default", calibrated=False)
         self.note("node.restart_s", base_node.restart_s,
                   "--base" if self.base is not None else "scenario default", calibrated=False)
-        return {"cores": count, "memory_mb": memory,
-                "runtime_memory_mb": base_node.runtime_memory_mb,
-                "restart_s": base_node.restart_s}
+        table: dict[str, Any] = {"cores": count, "memory_mb": memory,
+                                 "runtime_memory_mb": base_node.runtime_memory_mb,
+                                 "restart_s": base_node.restart_s}
+        if self.one_machine():
+            table["replicas_share_cores"] = self.note(
+                "node.replicas_share_cores", True, "run.json server on loopback: the replicas, "
+                "the runtime and the load generator share this machine's cores")
+            if self.runtime_limit is not None:
+                table["runtime_cores"] = self.runtime_limit
+        return table
+
+    def one_machine(self) -> bool:
+        """Every run's server on loopback: replicas and load generator on the runtime's
+        machine (jsorc_live starts replicas as local processes)."""
+        hosts = {urlsplit(str(r.info.get("server") or "")).hostname for r in self.runs}
+        return bool(hosts) and hosts <= LOOPBACK
+
+    def runtime_cores(self, cores: int) -> int | None:
+        """The runtime's effective parallelism: throughput with the most clients over
+        throughput with one, of the all-local runs (the runtime's own work only), rounded
+        and kept within 1..cores; None without such a pair of runs."""
+        by_clients: dict[int, list[float]] = {}
+        for run in self.runs:
+            placements = run.info.get("placements") or {}
+            clients = run.info.get("clients")
+            if not isinstance(placements, Mapping) or not isinstance(clients, int) \
+                    or not placements or run.info.get("changes") \
+                    or any(_mode(p) != "local" for p in placements.values()):
+                continue
+            ok = int(run.requests["ok"].sum())
+            by_clients.setdefault(clients, []).append(ok / float(run.need("duration_s")))
+        if 1 not in by_clients or max(by_clients) <= 1:
+            self.note("node.runtime_cores", cores, "needs all-local runs with 1 client and "
+                      "with more: kept cores", calibrated=False)
+            return None
+        most = max(by_clients)
+        one, many = float(np.mean(by_clients[1])), float(np.mean(by_clients[most]))
+        speedup = many / one
+        value = int(min(max(round(speedup), 1), cores))
+        self.note("node.runtime_cores", value, f"throughput of all-local runs with {most} "
+                  f"clients / with 1, rounded, within 1..{cores}",
+                  n=len(by_clients[1]) + len(by_clients[most]),
+                  fit=f"{many:.1f} / {one:.1f} per s = {speedup:.3f}",
+                  gof="one Python process (the GIL): its walker and local-call work scales "
+                  "this far")
+        return value
 
     # ------------------------------------------------------------------ network
 
@@ -320,6 +381,12 @@ class _Builder:
 
     def _local_samples(self, local: pd.DataFrame, cores: fit.CoresFit) -> np.ndarray:
         x = local["service_ms"].to_numpy(float)
+        limit = self.runtime_limit
+        if limit is not None and limit < self.core_count(cores):
+            # The simulator queues local calls for `runtime_cores` slots: live, the threads
+            # shared them, so k calls in service each took max(1, k / runtime_cores) longer.
+            shared: np.ndarray = x / fit.contention_factor(local["k"].to_numpy(float), limit)
+            return shared
         if cores.identified:
             x = x / fit.contention_factor(local["k"].to_numpy(float), cores.cores)
         return x
@@ -499,11 +566,11 @@ class _Builder:
                          n=n, fit=f"95 % CI {lo:.3f}..{hi:.3f} ms" if per_request.size > 1
                          else "")
 
-    def client_hop_ms(self) -> tuple[float, int]:
+    def client_hop_ms(self, runs: Sequence[Run] | None = None) -> tuple[float, int]:
         """Mean client latency minus server latency of the same walker runs (0 without
         `server_ms`): the HTTP round trip a closed-loop client spends outside the runtime."""
         hops = []
-        for run in self.runs:
+        for run in self.runs if runs is None else runs:
             req = run.requests[run.requests["ok"]]
             if "server_ms" in req.columns:
                 hop = (req["latency_ms"] - req["server_ms"]).to_numpy(float)
@@ -535,6 +602,8 @@ class _Builder:
             return table
         clients = info.get("clients")
         think = float(info.get("think_ms") or 0.0)
+        if self.one_machine():
+            return self.shared_workload(int(clients or 1), think, mix)
         hop, n = self.client_hop_ms()
         self.note("workload.clients", int(clients or 1), src if clients else
                   f"no clients in {src}: 1", calibrated=bool(clients))
@@ -543,6 +612,23 @@ class _Builder:
                   calibrated=n > 0)
         return {"kind": "closed", "clients": int(clients or 1), "think_ms": think + hop,
                 "mix": mix}
+
+    def shared_workload(self, clients: int, think: float,
+                        mix: Mapping[str, float]) -> dict[str, Any]:
+        """One machine: the client's round trip is the load generator's and the HTTP hop's
+        CPU on the node's cores. Its uncontended size is that of the 1-client runs (with more
+        clients the hop grows by waiting for a core, which the simulator adds itself)."""
+        src = f"run.json of {self.first.folder}"
+        single = [r for r in self.runs if r.info.get("clients") == 1]
+        hop, n = self.client_hop_ms(single or self.runs)
+        which = "1-client runs" if single else "all runs (no 1-client run: an upper bound)"
+        self.note("workload.clients", clients, src)
+        self.note("workload.think_ms", think, f"{src} think_ms")
+        self.note("workload.client_cpu_ms", hop, f"the client's HTTP round trip (client "
+                  f"latency - server_ms) of the {which}, all taken as CPU on a node core",
+                  n=n, calibrated=n > 0 and bool(single))
+        return {"kind": "closed", "clients": clients, "think_ms": think,
+                "client_cpu_ms": hop, "mix": dict(mix)}
 
     def placement(self) -> dict[str, str]:
         info = self.first.info

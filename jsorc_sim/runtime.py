@@ -2,6 +2,11 @@
 
 A walker request holds a node core for its own compute, then makes its action calls in
 order. Local calls hold a core too; remote calls do not (the walker waits on the network).
+Two options model one machine shared by everything (both off by default): with
+`node.replicas_share_cores` a replica's service holds a node core as well (and with
+`node.network_holds_core` a remote call's network time too: on loopback it is CPU), and with
+`node.runtime_cores` below `cores` the runtime's own work (walker compute and local calls, one
+Python process under one GIL) also holds one of `runtime_cores` slots, taken before the core.
 When a local load would take the node past its memory, the runtime runs out of memory:
 every request in flight fails (recorded, row by row), every local copy is dropped, and the
 runtime is down for `restart_s`; requests arriving meanwhile wait at the door.
@@ -56,6 +61,11 @@ class Runtime:
         node = scenario.node
         self.recorder = Recorder(apps=list(scenario.apps), actions=list(scenario.actions))
         self.cores = simpy.Resource(env, capacity=node.cores)
+        # None unless it binds: an extra resource would reorder the queue for the cores.
+        self.runtime_slots = simpy.Resource(env, capacity=node.runtime_cores) \
+            if node.runtime_cores is not None and node.runtime_cores < node.cores else None
+        self.replicas_share_cores = node.replicas_share_cores
+        self.network_holds_core = node.network_holds_core
         self.memory_total_mb = node.memory_mb
         self.memory = Meter(env, node.runtime_memory_mb)  # node memory in use
         self.replica_memory = Meter(env)  # all replicas of all actions (MB)
@@ -126,13 +136,20 @@ class Runtime:
         error = 0
         try:
             if plan.compute_s:
-                with self.cores.request() as req:
-                    yield req
-                    signals.compute_started(env.now)
-                    try:
-                        yield env.timeout(plan.compute_s)
-                    finally:
-                        signals.compute_finished(env.now)
+                slot = self.runtime_slots.request() if self.runtime_slots else None
+                try:
+                    if slot is not None:
+                        yield slot
+                    with self.cores.request() as req:
+                        yield req
+                        signals.compute_started(env.now)
+                        try:
+                            yield env.timeout(plan.compute_s)
+                        finally:
+                            signals.compute_finished(env.now)
+                finally:
+                    if slot is not None:
+                        self.release_slot(slot)
             # By index, not zip(strict=True): three times cheaper on the hot path, and the
             # source drew one per call by construction.
             for i, action in enumerate(plan.actions):
@@ -145,6 +162,12 @@ class Runtime:
         signals.request_finished(env.now, plan.name, latency, not error)
         self.recorder.requests.append(
             (arrival, rid, app_code, latency, 0 if error else 1, error))
+
+    def release_slot(self, slot: simpy.resources.resource.Request) -> None:
+        """Give back a runtime slot (or stop waiting for one)."""
+        assert self.runtime_slots is not None
+        slot.cancel()
+        self.runtime_slots.release(slot)
 
     # ------------------------------------------------------------------ memory
 

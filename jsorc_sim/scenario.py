@@ -71,6 +71,16 @@ class NodeSpec:
     # > 0: with an instant restart a closed-loop client that keeps running the node out of
     # memory would loop forever at one instant of simulated time.
     restart_s: float = spec(30.0, "runtime restart time after out-of-memory", positive=True)
+    # Off by default: replicas on machines of their own. On one machine (the live system on a
+    # laptop) the replica processes compete with the runtime for the same cores.
+    replicas_share_cores: bool = spec(False, "a remote replica's service also holds one of "
+                                      "these cores while it runs")
+    network_holds_core: bool = spec(False, "a remote call's network time also holds one of "
+                                    "these cores (replicas on loopback: the hop is CPU)")
+    # The runtime is one Python process: its own work (walker compute, local calls) may run
+    # on fewer cores at once than the machine has (the GIL). None: as many as `cores`.
+    runtime_cores: int | None = spec(None, "cores the runtime's walker compute and local calls "
+                                     "may use at once (default: cores)", positive=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +136,9 @@ class WorkloadSpec:
     kind: str = spec("closed", "closed | poisson | trace", choices=WORKLOADS)
     clients: int = spec(1, "closed: clients calling back to back", positive=True)
     think_ms: float = spec(0.0, "closed: pause between a client's requests", minimum=0.0)
+    client_cpu_ms: float = spec(0.0, "closed: a client's CPU on a node core between its "
+                                "requests (load generator on the same machine); not in latency",
+                                minimum=0.0)
     rate_per_s: float = spec(1.0, "poisson: arrival rate", positive=True)
     trace: str = spec("", "trace: path (relative to the scenario file)")
     trace_format: str = spec("auto", "auto | requests | azure2019 | azure2021 | azure_llm2023 | "
@@ -392,6 +405,11 @@ def _check_value(value: Any, hint: Any, f: dataclasses.Field[Any], where: str,
         if value is None:
             return None
         hint = optional[0]  # an optional field that is given is checked as its type
+    if hint is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{where} must be true or false, got {value!r}")
+            return _BAD
+        return value
     if hint is float or hint is int:
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{where} must be a number, got {value!r}")

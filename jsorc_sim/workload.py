@@ -59,6 +59,7 @@ def start(env: simpy.Environment, runtime: Runtime, scenario: Scenario,
         for seed in streams["clients"].spawn(workload.clients):
             picks, service = seed.spawn(2)
             env.process(_client(env, runtime, workload.think_ms / 1000.0,
+                                workload.client_cpu_ms / 1000.0,
                                 _app_picker(scenario, np.random.default_rng(picks)),
                                 service_samplers(makers, app_calls, service)))
         return
@@ -168,13 +169,20 @@ def _gaps(rng: np.random.Generator, rate: float) -> Iterator[float]:
         yield from rng.exponential(1.0 / rate, BATCH).tolist()
 
 
-def _client(env: simpy.Environment, runtime: Runtime, think_s: float, pick: Iterator[int],
-            samplers: AppSamplers) -> Generator[simpy.Event, Any, None]:
-    """A closed-loop client: one request at a time, back to back (JSORC's loadtest)."""
-    serve = runtime.serve
+def _client(env: simpy.Environment, runtime: Runtime, think_s: float, cpu_s: float,
+            pick: Iterator[int], samplers: AppSamplers) -> Generator[simpy.Event, Any, None]:
+    """A closed-loop client: one request at a time, back to back (JSORC's loadtest).
+
+    Between two requests it spends `cpu_s` on a node core (a load generator on the same
+    machine, and its HTTP hop) and then thinks `think_s`; neither is in the latency."""
+    serve, cores = runtime.serve, runtime.cores
     while True:
         app = next(pick)
         yield from serve(app, 0.0, [draw() for draw in samplers[app]])
+        if cpu_s:
+            with cores.request() as req:
+                yield req
+                yield env.timeout(cpu_s)
         if think_s:
             yield env.timeout(think_s)
 
