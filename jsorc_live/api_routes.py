@@ -189,10 +189,7 @@ def make_app(service: JsorcService, token: str, *,
                 data = check_body(model, read_json_object(await request.body()))
             except BadRequest as exc:
                 return refuse(400, str(exc))
-            answer = await run_handler(threads, spec.walker, op.path, spec.handler, data)
-            if isinstance(answer, Response):
-                return answer
-            return JSONResponse(answer[1], status_code=answer[0])
+            return await run_handler(threads, spec.walker, op.path, spec.handler, data)
 
         app.add_api_route(op.path, endpoint, methods=["POST"], include_in_schema=False)
 

@@ -29,14 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
-import httpx
-
+from jsorc_live.actions.client import SPEC_PATH, spec_answers
 from jsorc_live.children import CHILDREN, Children
 from jsorc_live.runtime import ActionInfo, Replica
 
 log = logging.getLogger(__name__)
 
-SPEC_PATH = "/jaseci_actions_spec/"
 
 
 class ReplicaStartError(RuntimeError):
@@ -86,13 +84,6 @@ def server_command(info: ActionInfo, host: str, port: int) -> list[str]:
     if info.setup:
         command += ["--setup", json.dumps(dict(info.setup), sort_keys=True)]
     return command
-
-
-def spec_answers(url: str, timeout_s: float = 1.0) -> bool:
-    try:
-        return httpx.get(url + SPEC_PATH, timeout=timeout_s).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 class _Process:

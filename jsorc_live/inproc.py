@@ -8,7 +8,6 @@ that also notices the server thread dying), stopped at the block's end.
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,11 +15,7 @@ from typing import Any
 
 import httpx
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+from jsorc_live.backend import free_port
 
 
 @contextlib.contextmanager

@@ -478,13 +478,9 @@ def add_routes(app: FastAPI, api: JaseciApi, *, authorised: Authorise,
             except RuntimeRefusal as exc:
                 return refuse(exc.status, str(exc))
             if method is None:  # walker_run: jsorc's own handler, on the walker pool
-                answer = await run_handler(pools, True, op.path, walker_run,
-                                           {"name": kwargs["name"], "ctx": kwargs["ctx"]})
-            else:
-                answer = await run_handler(pools, False, op.path, method, **kwargs)
-            if isinstance(answer, Response):
-                return answer
-            return JSONResponse(answer[1], status_code=answer[0])
+                return await run_handler(pools, True, op.path, walker_run,
+                                         {"name": kwargs["name"], "ctx": kwargs["ctx"]})
+            return await run_handler(pools, False, op.path, method, **kwargs)
 
         return run
 

@@ -187,8 +187,9 @@ def refuse(status: int, message: str, headers: Mapping[str, str] | None = None
 
 
 async def run_handler(pools: Pools, walker: bool, where: str, func: Callable[..., Any],
-                      *args: Any, **kwargs: Any) -> tuple[int, Any] | JSONResponse:
-    """`func` on its pool: (status, answer), or the refusal as a response."""
+                      *args: Any, **kwargs: Any) -> JSONResponse:
+    """`func` on its pool, its answer as a response (status from its `_status`), or the
+    refusal."""
     def call() -> Any:
         return func(*args, **kwargs)
 
@@ -205,4 +206,4 @@ async def run_handler(pools: Pools, walker: bool, where: str, func: Callable[...
         return refuse(500, f"internal error in {where}: {type(exc).__name__}: {exc} "
                            "(logged)")
     status = int(result.pop("_status", 200)) if isinstance(result, dict) else 200
-    return status, result
+    return JSONResponse(result, status_code=status)

@@ -28,11 +28,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from jsorc_live.actions.client import SPEC_PATH
 from jsorc_live.router_state import DRAIN_GRACE_S, NextStep, RouterState
 from jsorc_live.runtime_types import (
     CallFailed,
@@ -47,7 +48,6 @@ from jsorc_live.targets import (
     RemoteTarget,
     Target,
     left_s,
-    same,
 )
 from policies import Mode, Placement
 from policies.observe import LOCAL, REMOTE
@@ -55,8 +55,6 @@ from policies.observe import LOCAL, REMOTE
 __all__ = ["DRAIN_GRACE_S", "Router"]
 
 log = logging.getLogger(__name__)
-
-SPEC_PATH = "/jaseci_actions_spec/"
 
 
 class _Attempt:
@@ -191,7 +189,7 @@ class Router(RouterState):
             except Exception as exc:  # loading user code can fail in any way
                 message = f"{type(exc).__name__}: {exc}"
                 with self._cond:
-                    if (isinstance(exc, _Superseded) or not same(self._desired, want)
+                    if (isinstance(exc, _Superseded) or self._desired != want
                             or self._closed):
                         continue  # superseded while it ran: go after the new wish
                     log.warning("move of %s to %s failed: %s", self.name, want, message)
@@ -477,8 +475,8 @@ class Router(RouterState):
 
     # ----------------------------------------------------------------- calls
 
-    def call(self, function: str, kwargs: dict[str, Any], timeout_s: float | None = None,
-             app: str = "") -> tuple[Any, dict[str, Any]]:
+    def call(self, function: str, kwargs: dict[str, Any], app: str = ""
+             ) -> tuple[Any, dict[str, Any]]:
         """Run one call where the action is placed now: (result, call-row fields).
 
         The call's deadline is the action's `call_timeout_s`, else `timeout_s`, else the
@@ -486,8 +484,7 @@ class Router(RouterState):
         A call to an unloaded action loads it in its default mode and waits (cold). `app`
         is the walker calling (for the observations' calls per request).
         """
-        own = self.info.call_timeout_s
-        budget = own if own is not None else (timeout_s or self._call_timeout_s())
+        budget = self.deadline_s
         start = time.perf_counter()
         attempt = _Attempt(self._signals.issued(self.name))
         try:
@@ -508,7 +505,7 @@ class Router(RouterState):
         failed: set[Link] = set()
         failures = 0
         while True:
-            target, link = self._acquire(deadline, budget, attempt, frozenset(failed))
+            target, link = self._acquire(deadline, budget, attempt, failed)
             began = time.perf_counter()
             try:
                 if isinstance(target, LocalTarget):
@@ -582,7 +579,7 @@ class Router(RouterState):
         raise CallFailed(message)
 
     def _acquire(self, deadline: float, budget: float, attempt: _Attempt,
-                 avoid: frozenset[Link]) -> tuple[Target, Link | None]:
+                 avoid: Collection[Link]) -> tuple[Target, Link | None]:
         """A target for the call (and its replica when remote), counted in flight and
         reported as the call's placement; waits while none is ready, to the deadline."""
         with self._cond:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from jsorc_live.actions.client import spec_answers
 from jsorc_live.runtime_types import ActionInfo, Invoker, LocalHandle, Probe, Replica, ReplicaSource
 from jsorc_live.signals import LiveSignals
 from jsorc_live.targets import HealthPolicy, LocalTarget, RemoteTarget, RetryPolicy, Target
@@ -24,14 +25,8 @@ from policies.observe import ActionInfo as Sizes
 DRAIN_GRACE_S = 2.0
 
 
-def _http_probe(url: str, timeout_s: float) -> bool:
-    from jsorc_live.actions.client import spec_answers
-
-    return spec_answers(url, timeout_s)
-
-
 class NextStep(enum.Enum):
-    """The reconciler's next step (see Router._next_step)."""
+    """The reconciler's next step (see RouterState._next_step)."""
 
     DONE = "done"
     UNLOAD = "unload"
@@ -68,7 +63,7 @@ class RouterState:
         self._max_replicas = max_replicas
         self._health = health or HealthPolicy()
         self._retry = retry or RetryPolicy()
-        self._probe = probe or _http_probe
+        self._probe = probe or spec_answers
         self._rng = rng or random.Random()
         self._cond = threading.Condition()
         self._active: Target | None = None

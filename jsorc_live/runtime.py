@@ -360,7 +360,7 @@ class Runtime:
                 call_ts = self.now()
                 try:
                     result, row = self.routers[step.action].call(
-                        step.function, step.kwargs(ctx), self.call_timeout_s, name)
+                        step.function, step.kwargs(ctx), app=name)
                 except CallFailed as exc:
                     error = str(exc)
                     self._log_call((call_ts, rid, name, step.action, "", -1, math.nan,

@@ -19,7 +19,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -211,7 +211,7 @@ class RemoteTarget(Target):
         """The links health checks watch: in balancing, or suspended until they answer."""
         return [link for link in self.links if not link.retiring and not link.dead]
 
-    def next_link(self, avoid: frozenset[Link] = frozenset()) -> Link | None:
+    def next_link(self, avoid: Collection[Link] = ()) -> Link | None:
         """The ready link with the fewest calls in flight (round-robin among equals), not
         one in `avoid` (those a call already failed on) unless only those are ready."""
         ready = self.ready
@@ -221,10 +221,6 @@ class RemoteTarget(Target):
         least = min(link.in_flight for link in fresh)
         equal = [link for link in fresh if link.in_flight == least]
         return equal[next(self._turn) % len(equal)]
-
-
-def same(a: Placement, b: Placement) -> bool:
-    return a.mode is b.mode and a.replicas == b.replicas
 
 
 def left_s(deadline: float) -> float:

@@ -317,8 +317,12 @@ class ActionRuntime:
                         core = None
                 except simpy.Interrupt:
                     if core is not None:
+                        granted = core.triggered
                         core.cancel()
                         self.runtime.cores.release(core)
+                        if not granted:  # still waiting for a core: the call never started
+                            self._release(replica_id, req)
+                            raise
                     # The walker is gone but the replica finishes the call it was given.
                     # (Its observed busy time ends with the walker's call: out-of-memory
                     # only, where the replica's last seconds matter to no policy.)

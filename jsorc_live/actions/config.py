@@ -24,6 +24,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsorc_live.runtime_types import check_timeout
+
 __all__ = [
     "ACTION_CONFIGS",
     "DEFAULT_CONFIG_MODULE",
@@ -206,12 +208,11 @@ class ActionConfig:
         if self.remote_cores <= 0:  # a replica with no core serves nothing
             raise ConfigError(f"action {self.name!r}: remote_cores must be > 0, "
                               f"got {self.remote_cores!r}")
-        timeout: object = self.call_timeout_s
-        if timeout is not None and not (isinstance(timeout, int | float)
-                                        and not isinstance(timeout, bool)
-                                        and math.isfinite(timeout) and timeout > 0):
-            raise ConfigError(f"action {self.name!r}: call_timeout_s must be a finite number "
-                              f"of seconds > 0, got {timeout!r}")
+        try:
+            check_timeout(self.call_timeout_s, f"action {self.name!r}: call_timeout_s",
+                          optional=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(self.idempotent, bool):
             raise ConfigError(f"action {self.name!r}: idempotent must be true or false, "
                               f"got {self.idempotent!r}")

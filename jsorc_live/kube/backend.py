@@ -41,7 +41,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsorc_live.backend import ReplicaStartError, spec_answers
+from jsorc_live.actions.client import spec_answers
+from jsorc_live.backend import ReplicaStartError
 from jsorc_live.kube.client import Failure, FailureKind, KubeError, api_client, backoff, classify
 from jsorc_live.kube.cluster import Cluster
 from jsorc_live.kube.informer import ErrorLog, Informer

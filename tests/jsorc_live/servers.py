@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from jsorc_live.backend import free_port
 from tests.conftest import REPO
 
 SAMPLE = Path(__file__).with_name("sample_actions.py")
@@ -26,13 +26,6 @@ JASECI_VENV = REPO / ".jaseci-venv"
 JASECI_PYTHON = JASECI_VENV / "bin" / "python"
 SPEC = "/jaseci_actions_spec/"
 READY_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A port nothing listens on now, on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -20,7 +20,8 @@ import httpx
 import psutil
 import pytest
 
-from jsorc_live.backend import ProcessBackend, ReplicaStartError, spec_answers
+from jsorc_live.actions.client import spec_answers
+from jsorc_live.backend import ProcessBackend, ReplicaStartError
 from jsorc_live.runtime import ActionInfo, Replica
 
 

@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,18 +24,14 @@ from typing import Any
 import httpx
 import psutil
 
+from jsorc_live.backend import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_MODULE = "tests.reliability.fault_config"
 POLICY_MODULE = "tests.reliability.fault_policies"
 #: SIGTERM of a server must end it within this (else it is SIGKILLed and the row says so).
 STOP_BOUND_S = 15.0
 READY_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, every_s: float = 0.1) -> float | None:
