@@ -34,7 +34,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from jsorc_live.actions.client import SPEC_PATH
-from jsorc_live.router_state import DRAIN_GRACE_S, NextStep, RouterState
+from jsorc_live.router_health import HealthChecks
+from jsorc_live.router_state import DRAIN_GRACE_S, NextStep
 from jsorc_live.runtime_types import (
     CallFailed,
     CallTiming,
@@ -85,7 +86,7 @@ class _Superseded(Exception):
     """A move given up because another wish came while it ran (not a failure)."""
 
 
-class Router(RouterState):
+class Router(HealthChecks):
     """Where one action's calls go, and its moves between placements.
 
     `set_placement` records the wish and returns at once; a worker thread makes it true
@@ -145,16 +146,6 @@ class Router(RouterState):
         # worker does not scale it into the new shape.
         if isinstance(self._active, RemoteTarget):
             self._active.retiring = True
-
-    def _kick(self) -> None:
-        """Start the reconciler if it is not running (called holding the condition)."""
-        if self._closed:
-            return
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._reconcile, name=f"move-{self.name}",
-                                            daemon=True)
-            self._worker.start()
-        self._cond.notify_all()
 
     def wait_settled(self, timeout_s: float) -> bool:
         """Wait until the placement is what was asked and nothing drains; False on timeout."""
@@ -350,15 +341,6 @@ class Router(RouterState):
 
         threading.Thread(target=unload, name=f"unload-{self.name}", daemon=True).start()
 
-    def _stop_replica(self, replica: Replica) -> None:
-        """Stop a replica of ours (an attached one is not ours to stop)."""
-        if self._replicas is not None and replica.owned:
-            try:
-                self._replicas.stop_replica(replica)
-            except Exception:  # stopping is best effort; the backend's shutdown sweeps
-                log.exception("stopping %s", replica)
-        self._signals.replica_gone(self.name, replica.url)
-
     def _scale(self, target: RemoteTarget, replicas: int) -> None:
         """Grow or shrink a serving remote target; removed replicas drain first."""
         with self._cond:
@@ -382,96 +364,6 @@ class Router(RouterState):
                       for f in futures if f.exception() is not None]
             if errors:
                 raise CallFailed("replica start failed: " + "; ".join(errors))
-
-    def replica_died(self, replica: Replica) -> None:
-        """A replica's process is gone: take it out of rotation and start a replacement."""
-        self._take_out(replica, "replica_died", replica.url)
-
-    def _take_out(self, replica: Replica, kind: str, detail: str) -> None:
-        """Take a replica of ours out of balancing, stop it and let the reconciler replace
-        it (one place decides replica counts, so a death never doubles a start)."""
-        with self._cond:
-            found = None
-            for target in self._targets():
-                if isinstance(target, RemoteTarget):
-                    for link in target.links:
-                        if link.replica == replica and not link.dead:
-                            link.dead, found = True, (target, link)
-            if found is None:
-                return
-            target, link = found
-            self._signals.replica_retiring(self.name, replica.url)
-            self._event(kind, detail)
-            target.links.remove(link)
-            if target is self._active and not target.attached and not target.retiring:
-                self._kick()
-            self._cond.notify_all()
-        # It may still be running (frozen rather than dead): stop it.
-        threading.Thread(target=self._stop_replica, args=(replica,), daemon=True).start()
-
-    # ----------------------------------------------------------------- health
-
-    def _ensure_checker(self) -> None:
-        """Start the health thread (called holding the condition); it ends by itself once
-        no remote target is active."""
-        if self._checker is None and not self._closed:
-            self._checker = threading.Thread(target=self._check_loop,
-                                             name=f"health-{self.name}", daemon=True)
-            self._checker.start()
-
-    def _check_loop(self) -> None:
-        while not self._stop.wait(self._health.interval_s):
-            with self._cond:
-                if not isinstance(self._active, RemoteTarget):
-                    self._checker = None
-                    return
-            try:
-                self.check_health()
-            except Exception:  # a check must never end the loop
-                log.exception("health check of %s", self.name)
-
-    def check_health(self) -> None:
-        """One round: ask every ready (or suspended) replica of the active target whether it
-        answers, and act on those that did not (see HealthPolicy)."""
-        with self._cond:
-            active = self._active
-            links = active.checked if isinstance(active, RemoteTarget) else []
-        for link in links:
-            self._record_check(link, self._answers(link.replica))
-
-    def _answers(self, replica: Replica) -> bool:
-        try:
-            if replica.owned and self._replicas is not None:
-                return self._replicas.healthy(replica)
-            return self._probe(replica.url, self._health.timeout_s)
-        except Exception:
-            log.exception("checking %s", replica.url)
-            return False
-
-    def _record_check(self, link: Link, ok: bool) -> None:
-        with self._cond:
-            if link.dead or link.retiring:
-                return
-            if ok:
-                link.failures = 0
-                if link.suspended:
-                    link.suspended = False
-                    self._signals.replica_ready(self.name, link.replica.url)
-                    self._event("replica_recovered", link.replica.url)
-                    self._cond.notify_all()
-                return
-            link.failures += 1
-            if link.failures < self._health.failures:
-                return
-            detail = (f"{link.replica.url} failed {link.failures} health checks in a row "
-                      f"({self._health.timeout_s:g} s each)")
-            if not link.replica.owned:
-                if not link.suspended:
-                    link.suspended = True
-                    self._signals.replica_retiring(self.name, link.replica.url)
-                    self._event("replica_suspended", detail)
-                return
-        self._take_out(link.replica, "replica_unhealthy", detail)
 
     # ----------------------------------------------------------------- calls
 

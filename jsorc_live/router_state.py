@@ -9,6 +9,7 @@ reads under the router's one condition, and nothing here starts a thread or does
 from __future__ import annotations
 
 import enum
+import logging
 import random
 import threading
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from jsorc_live.signals import LiveSignals
 from jsorc_live.targets import HealthPolicy, LocalTarget, RemoteTarget, RetryPolicy, Target
 from policies import Mode, Placement
 from policies.observe import ActionInfo as Sizes
+
+log = logging.getLogger("jsorc_live.router")
 
 #: What a drain waits beyond the call deadline for calls to hand their target back.
 DRAIN_GRACE_S = 2.0
@@ -220,6 +223,29 @@ class RouterState:
                     self._signals.replica_ready(self.name, link.replica.url)
                 else:
                     self._signals.replica_retiring(self.name, link.replica.url)
+    def _kick(self) -> None:
+        """Start the reconciler if it is not running (called holding the condition)."""
+        if self._closed:
+            return
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._reconcile, name=f"move-{self.name}",
+                                            daemon=True)
+            self._worker.start()
+        self._cond.notify_all()
+
+    def _stop_replica(self, replica: Replica) -> None:
+        """Stop a replica of ours (an attached one is not ours to stop)."""
+        if self._replicas is not None and replica.owned:
+            try:
+                self._replicas.stop_replica(replica)
+            except Exception:  # stopping is best effort; the backend's shutdown sweeps
+                log.exception("stopping %s", replica)
+        self._signals.replica_gone(self.name, replica.url)
+
+    def _reconcile(self) -> None:
+        """The moves' worker (Router): make the placement what was asked."""
+        raise NotImplementedError
+
     def _event(self, kind: str, detail: str) -> None:
         self.events.append({"ts": self._clock(), "action": self.name, "kind": kind,
                             "detail": detail})
