@@ -408,7 +408,7 @@ def render_bench_sim(run: Run) -> str:
     ratio = search(r"ratio full/bare: ([\d.]+) \(medians\)", out)[1]
     ratio_target = search(r"full model at least ([\d.]+) of bare SimPy", out)[1]
     checked = search(r"same queue: ([\d,]+) calls .*largest wait difference (\S+) ms", out)
-    million = search(r"^Part 2: ([\d,]+) calls", out)[1]
+    million = search(r"^Million: ([\d,]+) calls", out)[1]
     simulate_s = search(r"simulate\(\) ([\d.]+) s", out)[1]
     wall_target = search(r"calls in under ([\d.]+) s", out)[1]
     rss = search(r"peak RSS \((\w+)\) ([\d,]+) MB", out)

@@ -23,6 +23,7 @@ from simpy.resources.resource import Request
 from jsorc_sim.distributions import Sampler
 from jsorc_sim.recorder import Failure, Where
 from jsorc_sim.remote import RemotePool
+from jsorc_sim.resume import CallResume
 from jsorc_sim.scenario import ActionSpec
 from policies import Mode, Placement
 
@@ -91,6 +92,8 @@ class ActionRuntime:
         """Ask for `target`; returns whether that changed what is desired."""
         if target == self.desired:
             return False
+        if self.runtime.fast is not None:
+            self.runtime.fast.before_change()  # its requests go back to SimPy first
         self.runtime.recorder.decision(self.env.now, self.name, str(target), str(self.desired),
                                        source, reason)
         self.desired = target
@@ -182,16 +185,26 @@ class ActionRuntime:
 
     # ------------------------------------------------------------------ calls
 
-    def call(self, rid: int, app: int, size: float,
-             service_ms: float) -> Generator[simpy.Event, Any, None]:
+    def call(self, rid: int, app: int, size: float, service_ms: float,
+             resume: CallResume | None = None) -> Generator[simpy.Event, Any, None]:
         """One call from a walker: wait for a placement if there is none, then run it.
 
         `service_ms` is the call's base service-time draw, made when its request arrived (so
-        it does not depend on the policy); `size` and a local run's slowdown are added here."""
-        issued = self.env.now
-        token = self.signals.issued(issued)
+        it does not depend on the policy); `size` and a local run's slowdown are added here.
+        `resume` carries on a remote call the fast path handed back (jsorc_sim.resume): its
+        service already has its size in, and what happened before now is already observed.
+
+        The whole call, remote or local, is this one generator: every `yield from` level
+        below the walker would be resumed at each of the call's events (the hot path)."""
+        env = self.env
+        signals = self.signals
+        if resume is None:
+            issued = env.now
+            token = signals.issued(issued)
+        else:
+            issued, token, size = resume.issued, resume.token, 0.0
         cold = 0
-        if self.route is Mode.UNLOADED:
+        if self.route is Mode.UNLOADED and resume is None:
             cold = 1
             self.cold_starts += 1
             try:
@@ -202,36 +215,104 @@ class ActionRuntime:
                 raise
         if size:
             service_ms += size * self.per_size_ms
-        if self.route is Mode.LOCAL:
-            yield from self._call_local(rid, app, issued, service_ms, cold, token)
-        else:
-            yield from self._call_remote(rid, app, issued, service_ms, cold, token)
-
-    def _wait_for_placement(self) -> Generator[simpy.Event, Any, None]:
-        while self.route is Mode.UNLOADED:
-            if self.desired.mode is Mode.UNLOADED:
-                mode = self.spec.default_mode
-                target = Placement.remote(1) if mode == "remote" else Placement.local()
-                self.apply(target, "runtime", "cold start: call to an unloaded action")
-                continue  # the placement may be ready at once (a replica with no start-up)
-            if self._ready is None:
-                self._ready = self.env.event()
-            yield self._ready
-
-    def _call_local(self, rid: int, app: int, issued: float, service_ms: float,
-                    cold: int, token: int) -> Generator[simpy.Event, Any, None]:
-        env = self.env
         runtime = self.runtime
-        signals = self.signals
+        if self.route is not Mode.LOCAL or resume is not None:
+            pool = self.pool
+            network_ms = self.network_ms
+            # After any cold-start wait, which counts as waiting, not network. (Time has not
+            # moved since `issued` otherwise: the clock is a property call, spared here.)
+            sent = env.now if cold else issued
+            req: Request | None = None  # per_replica mode: the replica's queue slot
+            moved_local = False
+            try:
+                if resume is None:
+                    signals.dispatched(token, sent, REMOTE)
+                    if network_ms and runtime.network_holds_core:
+                        # node.network_holds_core: on loopback the hop is both ends' CPU.
+                        with runtime.cores.request() as wire_core:
+                            yield wire_core
+                            yield env.timeout(network_ms / 1000.0)
+                    elif network_ms:
+                        yield env.timeout(network_ms / 1000.0)
+                    queued = env.now if network_ms else sent
+                else:  # handed back by the fast path: dispatched, maybe on a replica
+                    queued = resume.queued
+                    if resume.replica is not None:
+                        yield from self._resumed_service(resume, service_ms)
+                    elif queued > env.now:
+                        yield env.timeout(queued - env.now)  # the rest of the wire
+                if resume is not None and resume.replica is not None:
+                    replica_id, start = resume.replica, resume.start
+                else:
+                    if not pool.ready and not pool.slots.get_queue:
+                        # The placement moved while this call was on the wire: no replica
+                        # will take it, so it goes where calls go now.
+                        yield from self._wait_for_placement()
+                        queued = env.now
+                        moved_local = self._routes_local()
+                    if not moved_local:
+                        if pool.per_replica:
+                            replica = pool.pick()
+                            assert replica is not None and replica.queue is not None
+                            replica_id = replica.id
+                            req = replica.queue.request()
+                            try:
+                                yield req
+                            except simpy.Interrupt:
+                                req.cancel()
+                                if req.triggered:
+                                    replica.queue.release(req)
+                                raise
+                        else:
+                            get = pool.slots.get() if resume is None or resume.get is None \
+                                else resume.get
+                            try:
+                                replica_id = yield get
+                            except simpy.Interrupt:
+                                if get.triggered:
+                                    pool.give_back(typing.cast(int, get.value))
+                                else:
+                                    pool.slots.cancel(get)
+                                raise
+                        pool.replicas[replica_id].busy += 1
+                        start = env.now
+                        if runtime.replicas_share_cores:
+                            start = yield from self._serve_on_node_core(replica_id, req,
+                                                                        service_ms, token)
+                        else:
+                            signals.started(token, start, replica_id)
+                            try:
+                                yield env.timeout(service_ms / 1000.0)
+                            except simpy.Interrupt:
+                                self._finish_orphaned(replica_id, req, start, service_ms)
+                                raise
+            except simpy.Interrupt as stop:
+                self._record_failure(rid, app, issued, REMOTE, stop, token)
+                raise
+            if not moved_local:
+                self._release(replica_id, req)
+                now = env.now
+                latency = (now - issued) * 1000.0
+                wire = (queued - sent) * 1000.0
+                signals.finished(token, now, True, latency, service_ms, wire, bool(cold),
+                                 self.app_names[app])
+                # Waiting is the cold start (if any) plus the queue; network is the wire alone.
+                runtime.recorder.calls.append(
+                    (issued, rid, app, self.code, REMOTE, replica_id,
+                     ((sent - issued) + (start - queued)) * 1000.0, service_ms, wire,
+                     latency, 1, cold, 0))
+                return
+        # Local: from the start, or moved here while on the wire.
         service_ms *= self.slowdown
         self.local_in_flight += 1
         signals.dispatched(token, env.now, LOCAL)
-        slot = runtime.runtime_slots.request() if runtime.runtime_slots else None
+        slots = runtime.runtime_slots
+        slot = slots.request() if slots is not None else None
         try:
             if slot is not None:
                 yield slot
-            with runtime.cores.request() as req:
-                yield req
+            with runtime.cores.request() as core:
+                yield core
                 start = env.now
                 signals.started(token, start)
                 yield env.timeout(service_ms / 1000.0)
@@ -252,100 +333,67 @@ class ActionRuntime:
         if self.local is LocalState.DRAINING and self.local_in_flight == 0:
             self._drain_local()
 
-    def _call_remote(self, rid: int, app: int, issued: float, service_ms: float,
-                     cold: int, token: int) -> Generator[simpy.Event, Any, None]:
+    def _resumed_service(self, resume: CallResume,
+                         service_ms: float) -> Generator[simpy.Event, Any, None]:
+        """The rest of a handed-back call's service, on the token it holds."""
+        assert resume.replica is not None
         env = self.env
-        pool = self.pool
-        signals = self.signals
-        network_ms = self.network_ms
-        signals.dispatched(token, env.now, REMOTE)
-        req: Request | None = None  # per_replica mode: the replica's queue slot
-        sent = env.now  # after any cold-start wait, which counts as waiting, not network
-        moved_local = False
         try:
-            if network_ms and self.runtime.network_holds_core:
-                # node.network_holds_core: on loopback the hop is both ends' CPU, not a wire.
-                with self.runtime.cores.request() as wire_core:
-                    yield wire_core
-                    yield env.timeout(network_ms / 1000.0)
-            elif network_ms:
-                yield env.timeout(network_ms / 1000.0)
-            queued = env.now
-            if not pool.ready and not pool.slots.get_queue:
-                # The placement moved while this call was on the wire: no replica will take
-                # it, so it goes where calls go now.
-                yield from self._wait_for_placement()
-                queued = env.now
-                moved_local = self.route is Mode.LOCAL
-            if not moved_local:
-                if pool.per_replica:
-                    replica = pool.pick()
-                    assert replica is not None and replica.queue is not None
-                    replica_id = replica.id
-                    req = replica.queue.request()
-                    try:
-                        yield req
-                    except simpy.Interrupt:
-                        req.cancel()
-                        if req.triggered:
-                            replica.queue.release(req)
-                        raise
-                else:
-                    get = pool.slots.get()
-                    try:
-                        replica_id = yield get
-                    except simpy.Interrupt:
-                        if get.triggered:
-                            pool.give_back(typing.cast(int, get.value))
-                        else:
-                            get.cancel()
-                        raise
-                pool.acquired(replica_id)
-                # node.replicas_share_cores: the replica runs on the node's cores too, so its
-                # service waits for one (that wait is part of the call's queueing).
-                core = self.runtime.cores.request() if self.runtime.replicas_share_cores \
-                    else None
-                start = env.now
-                try:
-                    if core is not None:
-                        yield core
-                        start = env.now
-                    signals.started(token, start, replica_id)
-                    yield env.timeout(service_ms / 1000.0)
-                    if core is not None:
-                        self.runtime.cores.release(core)
-                        core = None
-                except simpy.Interrupt:
-                    if core is not None:
-                        granted = core.triggered
-                        core.cancel()
-                        self.runtime.cores.release(core)
-                        if not granted:  # still waiting for a core: the call never started
-                            self._release(replica_id, req)
-                            raise
-                    # The walker is gone but the replica finishes the call it was given.
-                    # (Its observed busy time ends with the walker's call: out-of-memory
-                    # only, where the replica's last seconds matter to no policy.)
-                    ends = env.timeout(start + service_ms / 1000.0 - env.now)
-                    ends.callbacks.append(lambda _e: self._release(replica_id, req))
-                    raise
-        except simpy.Interrupt as stop:
-            self._record_failure(rid, app, issued, REMOTE, stop, token)
+            yield env.timeout(max(resume.start + service_ms / 1000.0 - env.now, 0.0))
+        except simpy.Interrupt:
+            self._finish_orphaned(resume.replica, None, resume.start, service_ms)
             raise
-        if moved_local:
-            yield from self._call_local(rid, app, issued, service_ms, cold, token)
-            return
-        self._release(replica_id, req)
-        now = env.now
-        latency = (now - issued) * 1000.0
-        wire = (queued - sent) * 1000.0
-        signals.finished(token, now, True, latency, service_ms, wire, bool(cold),
-                         self.app_names[app])
-        # Waiting is the cold start (if any) plus the queue; network is the wire alone.
-        self.runtime.recorder.calls.append(
-            (issued, rid, app, self.code, REMOTE, replica_id,
-             ((sent - issued) + (start - queued)) * 1000.0, service_ms, wire,
-             latency, 1, cold, 0))
+
+    def _wait_for_placement(self) -> Generator[simpy.Event, Any, None]:
+        while self.route is Mode.UNLOADED:
+            if self.desired.mode is Mode.UNLOADED:
+                mode = self.spec.default_mode
+                target = Placement.remote(1) if mode == "remote" else Placement.local()
+                self.apply(target, "runtime", "cold start: call to an unloaded action")
+                continue  # the placement may be ready at once (a replica with no start-up)
+            if self._ready is None:
+                self._ready = self.env.event()
+            yield self._ready
+
+    def _routes_local(self) -> bool:
+        return self.route is Mode.LOCAL
+
+    def _serve_on_node_core(self, replica_id: int, req: Request | None, service_ms: float,
+                            token: int) -> Generator[simpy.Event, Any, float]:
+        """node.replicas_share_cores: the replica runs on the node's cores too, so its
+        service waits for one (that wait is part of the call's queueing). Returns when the
+        service started."""
+        env = self.env
+        cores = self.runtime.cores
+        core = cores.request()
+        holding = True  # the core request is held (or still waited for)
+        start = env.now
+        try:
+            yield core
+            start = env.now
+            self.signals.started(token, start, replica_id)
+            yield env.timeout(service_ms / 1000.0)
+            cores.release(core)
+            holding = False
+        except simpy.Interrupt:
+            if holding:
+                granted = core.triggered
+                core.cancel()
+                cores.release(core)
+                if not granted:  # still waiting for a core: the call never started
+                    self._release(replica_id, req)
+                    raise
+            self._finish_orphaned(replica_id, req, start, service_ms)
+            raise
+        return start
+
+    def _finish_orphaned(self, replica_id: int, req: Request | None, start: float,
+                         service_ms: float) -> None:
+        """The walker is gone but the replica finishes the call it was given. (Its observed
+        busy time ends with the walker's call: out-of-memory only, where the replica's last
+        seconds matter to no policy.)"""
+        ends = self.env.timeout(start + service_ms / 1000.0 - self.env.now)
+        ends.callbacks.append(lambda _e: self._release(replica_id, req))
 
     def _release(self, token: int, req: Request | None) -> None:
         if req is not None:

@@ -2,6 +2,7 @@
 
     jsorc-sim run SCENARIO.toml [--app NAME] [--policy NAME|module:Class] [--param k=v]...
                   [--set dotted.path=value]... [--duration S] [--seed N] [--out DIR] [--json]
+                  [--record {calls,requests,none}] [--fast {auto,on,off}]
     jsorc-sim policies [--json]
     jsorc-sim experiment FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
     jsorc-sim tune FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
@@ -27,17 +28,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jsorc_sim import experiment, tune, validate
-from jsorc_sim.experiment import ExperimentError
+from jsorc_sim.fastpath import FastPathError
 from jsorc_sim.outputs import OutputError
+from jsorc_sim.recorder import RECORD_MODES
 from jsorc_sim.results import check_out
 from jsorc_sim.scenario import ScenarioError, parse_value
 from jsorc_sim.simulate import simulate
-from jsorc_traces import TraceError
 from policies import PlacementError, PolicyError, describe, names, resolve
 
 EXIT_BAD_INPUT = 2
 UNFINISHED_WARNING = 0.01  # warn when more than this share of arrivals is unfinished
+#: The commands whose parser this module builds itself. experiment, tune and validate build
+#: their own, and are imported only when the command line is not one of these (one of
+#: theirs, --help, a typo): `jsorc-sim run` would spend ~60 ms of its start-up on them.
+OWN_COMMANDS = ("run", "calibrate", "policies")
 
 
 class BadInput(Exception):
@@ -45,17 +49,23 @@ class BadInput(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top-level parser takes no option but --help, so a command comes first.
+    parser = _parser(others=not argv or argv[0] not in OWN_COMMANDS)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
     except BadInput as exc:
         print(f"jsorc-sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ScenarioError, TraceError, PolicyError, PlacementError, ExperimentError,
-            OutputError, validate.ValidateError) as exc:
+    except (ScenarioError, PolicyError, PlacementError, OutputError, FastPathError) as exc:
         # These name the file, field, line or parameter themselves. Anything else is a bug
         # and keeps its traceback.
+        print(f"jsorc-sim: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if not _bad_input_elsewhere(exc):
+            raise
         print(f"jsorc-sim: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -63,7 +73,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _bad_input_elsewhere(exc: Exception) -> bool:
+    """Whether `exc` is bad input from a module that a run need not import: they are imported
+    here, on the way out, not at every start (jsorc_traces alone brings pandas and pyarrow,
+    ~0.35 s). The module that raised `exc` is loaded already, so its import is free."""
+    from jsorc_sim.experiment import ExperimentError
+    from jsorc_sim.validate import ValidateError
+
+    if isinstance(exc, ExperimentError | ValidateError):
+        return True
+    from jsorc_traces import TraceError
+
+    return isinstance(exc, TraceError)
+
+
+def _parser(others: bool = True) -> argparse.ArgumentParser:
+    """The command line; without `others`, only the commands this module builds itself."""
     parser = argparse.ArgumentParser(prog="jsorc-sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -84,13 +109,26 @@ def _parser() -> argparse.ArgumentParser:
                      help="write tables (Parquet), report.json, scenario.toml and manifest.json "
                      "into DIR (created if need be; other files there are left alone, and a "
                      "file of those names that jsorc did not write is refused before the run)")
+    run.add_argument("--record", choices=RECORD_MODES, default="calls",
+                     help="which tables to keep: calls (every table; the default), requests "
+                     "(all but calls) or none (neither: the report's percentiles then come "
+                     "from a sketch, within 0.5 %%). With --out, kept calls and requests "
+                     "stream to DIR as the run goes, so memory does not grow with them")
+    run.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
+                     help="the engine: auto (the default) solves stretches where the placement "
+                     "stays put as queues where the scenario allows it and runs SimPy "
+                     "elsewhere; off runs SimPy only; on is auto but refuses a scenario the "
+                     "fast path can never run. The report says which path ran")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.set_defaults(handler=_run)
 
-    experiment.add_parser(sub)
-    tune.add_parser(sub)
-    validate.add_parser(sub)
+    if others:
+        from jsorc_sim import experiment, tune, validate
+
+        experiment.add_parser(sub)
+        tune.add_parser(sub)
+        validate.add_parser(sub)
 
     cal = sub.add_parser("calibrate", help="fit a scenario to live loadtest folders",
                          description="Fit service, network, start-up and compute times, memory "
@@ -142,22 +180,24 @@ def _run(args: argparse.Namespace) -> int:
         raise BadInput(f"--duration must be a positive number of seconds, got {args.duration}")
     if args.out:
         check_out(args.out)  # before simulating: a refusal costs nothing
+    # With --out, the tables stream there during the run and simulate saves the run.
     result = simulate(args.scenario, args.policy, params=params, seed=args.seed,
                       duration_s=args.duration, app=args.app, overrides=overrides,
-                      progress=not args.no_progress and sys.stderr.isatty())
+                      progress=not args.no_progress and sys.stderr.isatty(),
+                      record=args.record, out=args.out or None, fast=args.fast)
     report = result.report()
     warning = unfinished_warning(report)
     if warning:
         print(f"jsorc-sim: warning: {warning}", file=sys.stderr)
-    if args.out:
-        result.save(args.out)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(result.scenario.name, result.policy, report, result.status))
+        print(format_engine(result.extra["engine"]))
         if args.out:
-            print(f"\nwrote {args.out}/: calls, requests, decisions, timeline, events (.parquet), "
-                  "report.json, scenario.toml, manifest.json")
+            tables = {"calls": "calls, requests, ", "requests": "requests, ", "none": ""}
+            print(f"\nwrote {args.out}/: {tables[args.record]}decisions, timeline, events "
+                  "(.parquet), report.json, scenario.toml, manifest.json")
     if result.status != "ok":
         print(f"jsorc-sim: {result.status}", file=sys.stderr)
         return 1
@@ -210,7 +250,25 @@ def format_report(scenario: str, policy: str, report: dict[str, Any], status: st
                      f"{label} {_fmt(bound[key])} ms" for label, key in (
                          ("mean", "average_latency"), ("p50", "50th_latency"),
                          ("p95", "95th_latency"), ("p99", "99th_latency"))))
+    statistics = report.get("statistics", {"percentiles": "exact"})
+    if statistics["percentiles"] == "exact":
+        lines.append("percentiles: exact")
+    else:
+        lines.append("percentiles: sketch, relative error <= "
+                     f"{100.0 * statistics['relative_error']:g} %")
     return "\n".join(lines)
+
+
+def format_engine(engine: dict[str, Any]) -> str:
+    """Which path ran, in a line: simulated seconds on each and why not fast elsewhere."""
+    total = engine["fast_s"] + engine["simpy_s"]
+    share = 100.0 * engine["fast_s"] / total if total else 0.0
+    line = (f"engine: fast path {engine['fast_s']:,.0f} s of {total:,.0f} simulated s "
+            f"({share:.0f} %, {engine['stretches']} stretches, {engine['hand_backs']} "
+            f"hand-backs to SimPy), SimPy {engine['simpy_s']:,.0f} s")
+    if engine["not_fast_because"]:
+        line += "; not fast because: " + "; ".join(engine["not_fast_because"])
+    return line
 
 
 def unfinished_warning(report: dict[str, Any]) -> str:

@@ -49,11 +49,13 @@ def control(env: simpy.Environment, runtime: Runtime, policy: Policy, interval_s
                 # A new phase with no placement change still goes in the log.
                 recorder.decision(env.now, "", "", "", name, decision.reason)
             last_reason = decision.reason or last_reason
+        if runtime.fast is not None:
+            runtime.fast.stepped("control", env.now + interval_s)
         yield env.timeout(interval_s)
 
 
-def sample_timeline(env: simpy.Environment, runtime: Runtime,
-                    every_s: float) -> Generator[simpy.Event, Any, None]:
+def sample_timeline(env: simpy.Environment, runtime: Runtime, every_s: float, *,
+                    observed: bool = True) -> Generator[simpy.Event, Any, None]:
     """Every `every_s`: node memory and utilisation, and per action placement and queues.
 
     Utilisation and concurrency are time averages over the sample's interval, read from
@@ -69,8 +71,9 @@ def sample_timeline(env: simpy.Environment, runtime: Runtime,
             "memory_used_mb": runtime.memory_used_mb,
             "cpu_utilisation": (now.node_busy - last.node_busy) / (cores * elapsed)
             if elapsed > 0 else 0.0,
-            "cores_queue": len(runtime.cores.queue),
-            "requests_in_system": len(runtime.active) + runtime.at_door,
+            "cores_queue": len(runtime.cores.queue) + runtime.fast_cores_queue,
+            "requests_in_system": len(runtime.active) + runtime.at_door
+            + runtime.fast_in_system,
             "runtime_up": runtime.up,
             "replica_memory_mb": runtime.replica_memory.level,
         }
@@ -91,4 +94,8 @@ def sample_timeline(env: simpy.Environment, runtime: Runtime,
                 "remote_concurrency": (after[1] - before[1]) / elapsed if elapsed > 0 else 0.0,
             })
         last = now
+        if not observed:  # no policy reads the window: its tallies would only grow
+            builder.forget_window()
+        if runtime.fast is not None:
+            runtime.fast.stepped("timeline", env.now + every_s)
         yield env.timeout(every_s)

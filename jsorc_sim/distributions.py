@@ -45,6 +45,25 @@ class Sampler:
         self._i = i + 1
         return buf[i]
 
+    def take(self, n: int) -> np.ndarray:
+        """The next `n` samples as an array: the same numbers `n` calls would give, drawn in
+        the same batches (the fast path draws a stretch's service times at once, and a run
+        that switches between it and one-at-a-time draws must see one stream)."""
+        parts: list[np.ndarray] = []
+        need = n
+        while need > 0:
+            i, buf = self._i, self._buf
+            if i >= len(buf):
+                batch = self._n
+                buf = self._buf = self._draw(batch).tolist()
+                self._n = min(2 * batch, BATCH)
+                i = 0
+            got = min(need, len(buf) - i)
+            parts.append(np.array(buf[i:i + got], dtype=float))
+            self._i = i + got
+            need -= got
+        return np.concatenate(parts) if parts else np.empty(0)
+
 
 def constant(value: float) -> Sampler:
     return Sampler(lambda n: np.full(n, value), value)

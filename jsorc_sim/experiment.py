@@ -28,17 +28,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 from tqdm import tqdm
 
 from jsorc_sim import outputs
 from jsorc_sim.results import COST_METRICS, RUN_KIND, WALKER_METRICS, version
 from jsorc_sim.scenario import Scenario, ScenarioError, from_dict, load, read_toml, set_path
 from policies import PolicyError, make
+
+if TYPE_CHECKING:
+    # pandas and scipy cost ~1 s to import; `jsorc-sim run` builds this module's parser
+    # and never a frame, so they are imported where the results are computed.
+    import pandas as pd
 
 METRICS = (*WALKER_METRICS, *COST_METRICS)
 PLOTS = ("summary", "speedup", "timeline")
@@ -295,8 +298,10 @@ def _trace_problems(scenario: Scenario, seen: dict[tuple[str, str], Any]) -> lis
     key = (str(scenario.resolve(workload.trace)), workload.trace_format)
     if key not in seen:
         try:
+            # The whole file is checked and every stream named whatever the window, so a
+            # 1 s window spares expanding a day of per-minute counts just to check the map.
             seen[key] = read_trace(key[0], workload.trace_format, spread=workload.spread,
-                                   llm_size=workload.llm_size)
+                                   llm_size=workload.llm_size, max_s=1.0)
         except (TraceError, ValueError) as exc:
             seen[key] = str(exc)
     arrivals = seen[key]
@@ -366,6 +371,8 @@ def run_experiment(exp: Experiment, out: str | Path | None = None, *, workers: i
                    retry_failed: bool = False, svg: bool = False,
                    progress: bool | None = None) -> ExperimentResult:
     """Run every cell not yet finished in `out`, then write results, statistics and plots."""
+    import pandas as pd
+
     all_cells = cells(exp)
     out = Path(out) if out is not None else Path("runs") / exp.name
     _claim(out, exp, overwrite)
@@ -512,6 +519,8 @@ def _json_default(value: Any) -> Any:
 
 def collect(all_cells: Sequence[Cell], cell_dir: Path) -> pd.DataFrame:
     """The tidy results: one row per finished cell and metric."""
+    import pandas as pd
+
     rows: list[dict[str, Any]] = []
     grid_fields = list(dict.fromkeys(k for c in all_cells for k, _ in c.grid))
     for cell in all_cells:
@@ -543,6 +552,8 @@ def _groups(results: pd.DataFrame) -> list[str]:
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95 % confidence interval (Student t) across seeds."""
+    import pandas as pd
+
     keys = _groups(results)
     if results.empty:
         return pd.DataFrame(columns=[*keys, "n", "mean", "std", "ci95_low", "ci95_high"])
@@ -563,6 +574,8 @@ def _mean_ci(values: np.ndarray) -> tuple[float, float, float, float]:
     mean = float(values.mean())
     if n < 2:
         return mean, math.nan, math.nan, math.nan
+    from scipy import stats
+
     std = float(values.std(ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
     return mean, std, mean - half, mean + half
@@ -570,6 +583,9 @@ def _mean_ci(values: np.ndarray) -> tuple[float, float, float, float]:
 
 def pair(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Per policy, the per-seed differences from `baseline` on the same cells."""
+    import pandas as pd
+    from scipy import stats
+
     keys = [k for k in _groups(results) if k != "policy"]
     base = results[results["policy"] == baseline]
     rows = []

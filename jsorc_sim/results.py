@@ -1,22 +1,37 @@
-"""What a run produced: its tables, JSORC's benchmark report, and what it cost."""
+"""What a run produced: its tables, JSORC's benchmark report, and what it cost.
+
+The report is exact when the requests table is in memory (record "calls" or "requests",
+no sink): the same numbers as ever. Otherwise (record "none", or tables streamed to a folder)
+it comes from the recorder's streaming statistics: counts and means exact, percentiles from a
+log-bucket sketch within a stated relative error (jsorc_sim.sketch); the report's
+`statistics` key says which.
+
+pandas is imported only where a DataFrame is built, so a run that keeps no table does not pay
+its import.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import tomli_w
 
 from jsorc_sim import outputs
-from jsorc_sim.recorder import Recorder
+from jsorc_sim.recorder import ParquetStream, Recorder, Sink
 from jsorc_sim.scenario import Scenario
+from jsorc_sim.sketch import LogSketch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LATENCY_KEYS = (("50th_latency", 50), ("90th_latency", 90), ("95th_latency", 95),
                 ("99th_latency", 99))
@@ -94,19 +109,42 @@ class Result:
 
     # ------------------------------------------------------------------ report
 
+    @property
+    def percentiles_exact(self) -> bool:
+        """Whether the report's percentiles are exact: the requests table is in memory."""
+        return self.recorder.request_table.in_memory
+
+    def statistics(self) -> dict[str, Any]:
+        """How the report's latency statistics were computed (its `statistics` key)."""
+        if self.percentiles_exact:
+            return {"percentiles": "exact"}
+        return {"percentiles": "sketch",
+                "relative_error": self.recorder.statistics.relative_error}
+
     def report(self) -> dict[str, Any]:
-        """JSORC's benchmark shape, plus `cost` and `unfinished`. Latency in ms of requests
-        arriving after warm-up that succeeded; throughput is those per second of (end -
-        warm-up), the end being `duration_s` or the moment a stopped run stopped."""
+        """JSORC's benchmark shape, plus `cost`, `unfinished` and `statistics`. Latency in ms
+        of requests arriving after warm-up that succeeded; throughput is those per second of
+        (end - warm-up), the end being `duration_s` or the moment a stopped run stopped.
+        Percentiles are exact or from the sketch, as `statistics` says; counts and means are
+        exact either way."""
         s = self.scenario
-        req = self.requests
-        kept = req[(req["ts"] >= s.warmup_s) & req["ok"]]
+        self.recorder.flush()
         span = max(min(s.duration_s, self.meters.ended_s) - s.warmup_s, 0.0)
-        walker_run = {}
-        for app in s.apps:
-            walker_run[app] = _latency_report(kept.loc[kept["app"] == app, "latency_ms"], span)
-        walker_run["all"] = _latency_report(kept["latency_ms"], span)
-        return {"walker_run": walker_run, "cost": self.cost(), "unfinished": self.unfinished()}
+        walker_run: dict[str, dict[str, float | None]] = {}
+        if self.percentiles_exact:
+            cols = self.recorder.request_table.columns()
+            kept = (cols["ts"] >= s.warmup_s) & cols["ok"]
+            latency, apps = cols["latency_ms"][kept], cols["app"][kept]
+            for code, app in enumerate(s.apps):
+                walker_run[app] = _latency_report(latency[apps == code], span)
+            walker_run["all"] = _latency_report(latency, span)
+        else:
+            st = self.recorder.statistics
+            for code, app in enumerate(s.apps):
+                walker_run[app] = _sketch_latency_report(st.finished[code], span)
+            walker_run["all"] = _sketch_latency_report(st.merged(st.finished), span)
+        return {"walker_run": walker_run, "cost": self.cost(), "unfinished": self.unfinished(),
+                "statistics": self.statistics()}
 
     def unfinished(self) -> dict[str, Any]:
         """What `walker_run` leaves out: the requests still in the system at the end.
@@ -119,39 +157,49 @@ class Result:
         of the latency of every arrival; an overload that finished requests hide shows here."""
         s = self.scenario
         m = self.meters
+        self.recorder.flush()
         pending = np.array(m.unfinished_arrivals, dtype=float).reshape(-1, 2)
         later = pending[pending[:, 0] >= s.warmup_s]
         ages_ms = (m.ended_s - later[:, 0]) * 1000.0
-        req = self.requests
-        arrived = req[req["ts"] >= s.warmup_s]
+        later_codes = later[:, 1].astype(int)
         codes = pending[:, 1].astype(int)
         count: dict[str, int] = {}
         bound: dict[str, dict[str, float | int | None]] = {}
         for code, app in enumerate(s.apps):
             count[app] = int(np.count_nonzero(codes == code))
-            bound[app] = _arrivals_report(np.concatenate([
-                arrived.loc[arrived["app"] == app, "latency_ms"].to_numpy(dtype=float),
-                ages_ms[later[:, 1] == code]]))
         count["all"] = len(pending)
-        bound["all"] = _arrivals_report(np.concatenate([
-            arrived["latency_ms"].to_numpy(dtype=float), ages_ms]))
+        if self.percentiles_exact:
+            cols = self.recorder.request_table.columns()
+            arrived = cols["ts"] >= s.warmup_s
+            latency, apps = cols["latency_ms"][arrived], cols["app"][arrived]
+            for code, app in enumerate(s.apps):
+                bound[app] = _arrivals_report(np.concatenate([
+                    latency[apps == code], ages_ms[later_codes == code]]))
+            bound["all"] = _arrivals_report(np.concatenate([latency, ages_ms]))
+        else:
+            st = self.recorder.statistics
+            for code, app in enumerate(s.apps):
+                bound[app] = _sketch_arrivals_report(st.arrived[code],
+                                                     ages_ms[later_codes == code])
+            bound["all"] = _sketch_arrivals_report(st.merged(st.arrived), ages_ms)
         return {"count": count, "all_arrivals_lower_bound": bound}
 
     def cost(self) -> dict[str, Any]:
         """Over the whole run (warm-up included): memory and cores held, changes, failures."""
         m = self.meters
         rec = self.recorder
+        rec.flush()
+        st = rec.statistics
         changes = sum(1 for d in rec.decisions if d["placement"] and d["source"] != "scenario")
-        failed_calls = sum(1 for c in rec.calls if not c[10])
         cost = {
             "node_memory_gb_s": round(m.node_memory_mb_s / 1024.0, 3),
             "replica_memory_gb_s": round(m.replica_memory_mb_s / 1024.0, 3),
             "replica_core_s": round(m.replica_core_s, 3),
             "peak_node_memory_mb": round(m.peak_memory_mb, 1),
             "placement_changes": changes,
-            "cold_starts": sum(1 for c in rec.calls if c[11]),
-            "failed_requests": sum(1 for r in rec.requests if not r[4]),
-            "failed_calls": failed_calls,
+            "cold_starts": st.cold_starts,
+            "failed_requests": st.failed_requests,
+            "failed_calls": st.failed_calls,
             "oom_events": m.oom_events,
             "policy_errors": sum(1 for e in rec.events if e["kind"] == "policy_error"),
             "arrivals": m.arrivals,
@@ -166,14 +214,41 @@ class Result:
         """Write every table, the report and the resolved scenario into the folder `out`
         (created if need be), each file atomically, recorded in its manifest.json. Files of
         other names in `out` are left alone; one of these names that jsorc did not write
-        raises jsorc_sim.outputs.OutputError before anything is written (see `check_out`)."""
-        writers: dict[str, outputs.Writer] = {
-            f"{name}.parquet": _parquet(getattr(self, name)) for name in TABLE_NAMES}
+        raises jsorc_sim.outputs.OutputError before anything is written (see `check_out`).
+
+        A table the record mode left out is not written (and the file of an earlier run
+        there, which jsorc wrote, is removed); a table streamed to `out` during the run is
+        left as it is; one streamed to another folder is copied from there."""
+        folder = Path(out)
+        self.recorder.finish()
+        writers: dict[str, outputs.Writer] = {}
+        keep: list[str] = []
+        remove: list[str] = []
+        streamed: dict[str, ParquetStream] = {}
+        for table in (self.recorder.call_table, self.recorder.request_table):
+            name = f"{table.name}.parquet"
+            if not table.kept:
+                remove.append(name)
+            elif table.stream is None:
+                writers[name] = _parquet(getattr(self, table.name))
+            elif _same_file(table.stream.path, folder / name):
+                keep.append(name)
+            else:
+                streamed[name] = table.stream
+        for name in TABLE_NAMES[2:]:
+            writers[f"{name}.parquet"] = _parquet(getattr(self, name))
         report = json.dumps(self.report(), indent=2) + "\n"
         scenario = self.resolved_scenario()
         writers["report.json"] = lambda path: path.write_text(report)
         writers["scenario.toml"] = lambda path: path.write_text(scenario)
-        return outputs.write(out, writers, RUN_KIND, legacy=_legacy_run)
+        for name, stream in streamed.items():  # last: the other writers cannot fail after it
+            writers[name] = _linked(stream, out)
+        outputs.write(out, writers, RUN_KIND, legacy=_legacy_run, keep=keep, remove=remove)
+        for name, stream in streamed.items():
+            if stream.path == stream.temp:  # moved into place: the temporary name goes
+                stream.temp.unlink(missing_ok=True)
+                stream.path = folder / name
+        return folder
 
     def resolved_scenario(self) -> str:
         table = self.scenario.to_dict()
@@ -198,6 +273,11 @@ def check_out(out: str | Path) -> Path:
     return outputs.check(out, RUN_FILES, RUN_KIND, legacy=_legacy_run)
 
 
+def sink(out: str | Path) -> Sink:
+    """Where a run streams its tables to `out` (checked now, before the run: `check_out`)."""
+    return Sink(check_out(out), RUN_KIND, _legacy_run)
+
+
 def _legacy_run(folder: Path) -> bool:
     # A run saved before manifests existed: its scenario.toml starts with jsorc's header.
     try:
@@ -211,14 +291,60 @@ def _parquet(frame: pd.DataFrame) -> outputs.Writer:
     return lambda path: frame.to_parquet(path, index=False)
 
 
-def _latency_report(latency: pd.Series, span: float) -> dict[str, float | None]:
-    values = latency.to_numpy(dtype=float)
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _linked(stream: ParquetStream, out: str | Path) -> outputs.Writer:
+    """A writer that puts the streamed file at the path it is given: a hard link when the
+    file is in the same folder (no copy of a large file), else a copy."""
+    def write(path: Path) -> None:
+        source = stream.path
+        if not source.is_file():
+            raise outputs.OutputError(
+                f"--out {str(out)!r}: {stream.name} was streamed to {source}, which no longer "
+                "exists; run again with --out there (or record='calls' to keep it in memory)")
+        try:
+            os.link(source, path)
+        except OSError:
+            shutil.copyfile(source, path)
+    return write
+
+
+def _latency_report(values: np.ndarray, span: float) -> dict[str, float | None]:
     throughput = round(len(values) / span, 4) if span else None
     return {"throughput": throughput, **_latency_stats(values)}
 
 
 def _arrivals_report(values: np.ndarray) -> dict[str, float | int | None]:
     return {"arrivals": len(values), **_latency_stats(values)}
+
+
+def _sketch_latency_report(sketch: LogSketch, span: float) -> dict[str, float | None]:
+    throughput = round(sketch.count / span, 4) if span else None
+    return {"throughput": throughput, **_sketch_stats(sketch)}
+
+
+def _sketch_arrivals_report(sketch: LogSketch,
+                            ages_ms: np.ndarray) -> dict[str, float | int | None]:
+    """Finished arrivals from the sketch, plus the unfinished ones at their ages."""
+    every = LogSketch.merged([sketch, LogSketch.of(ages_ms, sketch.relative_error)],
+                             sketch.relative_error)
+    return {"arrivals": every.count, **_sketch_stats(every)}
+
+
+def _sketch_stats(sketch: LogSketch) -> dict[str, float | None]:
+    """As _latency_stats, from a sketch: the mean exact, the percentiles within its bound."""
+    out: dict[str, float | None] = {}
+    if sketch.count == 0:
+        out["average_latency"] = None
+        out.update({key: None for key, _ in LATENCY_KEYS})
+        return out
+    out["average_latency"] = round(sketch.mean, 3)
+    percentiles = sketch.percentiles([q for _, q in LATENCY_KEYS])
+    out.update({key: round(float(v), 3) for (key, _), v in zip(LATENCY_KEYS, percentiles,
+                                                              strict=True)})
+    return out
 
 
 def _latency_stats(values: np.ndarray) -> dict[str, float | None]:

@@ -14,9 +14,9 @@ runtime is down for `restart_s`; requests arriving meanwhile wait at the door.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
@@ -28,6 +28,10 @@ from jsorc_sim.recorder import Failure, Recorder
 from jsorc_sim.scenario import Scenario
 from policies.observe import ActionInfo as ObservedAction
 from policies.observe import EventLog, ObservationBuilder
+
+if TYPE_CHECKING:
+    from jsorc_sim.fastpath import FastPath
+    from jsorc_sim.resume import Resume
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,13 @@ class Runtime:
 
     def __init__(self, env: simpy.Environment, scenario: Scenario,
                  streams: dict[str, np.random.SeedSequence], *,
-                 record_events: bool = False) -> None:
+                 record_events: bool = False, recorder: Recorder | None = None) -> None:
         self.env = env
         self.scenario = scenario
         node = scenario.node
-        self.recorder = Recorder(apps=list(scenario.apps), actions=list(scenario.actions))
+        self.recorder = recorder if recorder is not None else Recorder(
+            apps=list(scenario.apps), actions=list(scenario.actions),
+            warmup_s=scenario.warmup_s)
         self.cores = simpy.Resource(env, capacity=node.cores)
         # None unless it binds: an extra resource would reorder the queue for the cores.
         self.runtime_slots = simpy.Resource(env, capacity=node.runtime_cores) \
@@ -88,6 +94,13 @@ class Runtime:
         # Every request not finished yet (past the door or waiting at it): id -> (arrival
         # time, app code). The run's unfinished requests are what is left here at the end.
         self.unfinished: dict[int, tuple[float, int]] = {}
+        # The fast path (jsorc_sim.fastpath), when the run has one: it is told before the
+        # placement changes, and `on_empty` is its call for when SimPy's last request ends.
+        # While it runs, the requests it holds are counted here for the timeline.
+        self.fast: FastPath | None = None
+        self.on_empty: Callable[[], None] | None = None
+        self.fast_in_system = 0
+        self.fast_cores_queue = 0
 
         network = scenario.network
         # Service times are drawn by the workload, per source of requests (jsorc_sim.workload).
@@ -113,38 +126,57 @@ class Runtime:
 
     # ------------------------------------------------------------------ requests
 
-    def serve(self, app_code: int, size: float,
-              draws: Sequence[float]) -> Generator[simpy.Event, Any, None]:
+    def serve(self, app_code: int, size: float, draws: Sequence[float],
+              resume: Resume | None = None) -> Generator[simpy.Event, Any, None]:
         """One walker request, from arrival to its last call; records one request row.
 
         `draws` are the base service times (ms) of its calls, one per call in order, drawn by
-        the request's source when it arrived (see jsorc_sim.workload)."""
+        the request's source when it arrived (see jsorc_sim.workload). `resume` carries on a
+        request the fast path handed back (jsorc_sim.resume), already counted and observed up
+        to now."""
         env = self.env
-        rid = self.next_request
-        self.next_request = rid + 1
-        self.arrivals += 1
-        arrival = env.now
-        self.unfinished[rid] = (arrival, app_code)
-        while not self.up:
-            self.at_door += 1
-            yield self.up_event
-            self.at_door -= 1
+        if resume is None:
+            rid = self.next_request
+            self.next_request = rid + 1
+            self.arrivals += 1
+            arrival = env.now
+            self.unfinished[rid] = (arrival, app_code)
+            while not self.up:
+                self.at_door += 1
+                yield self.up_event
+                self.at_door -= 1
+        else:
+            rid, arrival = resume.rid, resume.arrival
         self.active[rid] = env.active_process  # type: ignore[assignment]  # always set here
         plan = self.apps[app_code]
         signals = self.node_signals
-        signals.request_arrived(arrival, plan.name)
+        if resume is None:
+            signals.request_arrived(arrival, plan.name)
         error = 0
+        actions: Sequence[ActionRuntime] = plan.actions
+        first = 0
         try:
-            if plan.compute_s:
+            if resume is not None and resume.call is not None:
+                first = resume.call.position
+                action = actions[first]
+                yield from action.call(rid, app_code, size, resume.call.service_ms, resume.call)
+                first += 1
+                actions = actions[first:]
+            elif plan.compute_s:
                 slot = self.runtime_slots.request() if self.runtime_slots else None
                 try:
                     if slot is not None:
                         yield slot
                     with self.cores.request() as req:
                         yield req
-                        signals.compute_started(env.now)
+                        began = resume.compute_start if resume is not None else None
+                        if began is None or began != began:  # NaN: it was waiting for a core
+                            signals.compute_started(env.now)
+                            compute_s = plan.compute_s
+                        else:  # computing since `began`: the core is its at once
+                            compute_s = max(began + plan.compute_s - env.now, 0.0)
                         try:
-                            yield env.timeout(plan.compute_s)
+                            yield env.timeout(compute_s)
                         finally:
                             signals.compute_finished(env.now)
                 finally:
@@ -152,16 +184,19 @@ class Runtime:
                         self.release_slot(slot)
             # By index, not zip(strict=True): three times cheaper on the hot path, and the
             # source drew one per call by construction.
-            for i, action in enumerate(plan.actions):
+            for i, action in enumerate(actions, first):
                 yield from action.call(rid, app_code, size, draws[i])
         except simpy.Interrupt as stop:
             error = int(stop.cause) if isinstance(stop.cause, Failure) else 1
         del self.active[rid]
         del self.unfinished[rid]
-        latency = (env.now - arrival) * 1000.0
-        signals.request_finished(env.now, plan.name, latency, not error)
+        now = env.now
+        latency = (now - arrival) * 1000.0
+        signals.request_finished(now, plan.name, latency, not error)
         self.recorder.requests.append(
             (arrival, rid, app_code, latency, 0 if error else 1, error))
+        if self.on_empty is not None and not self.active and not self.at_door:
+            self.on_empty()
 
     def release_slot(self, slot: simpy.resources.resource.Request) -> None:
         """Give back a runtime slot (or stop waiting for one)."""
@@ -186,6 +221,8 @@ class Runtime:
         return True
 
     def out_of_memory(self, detail: str) -> None:
+        if self.fast is not None:
+            self.fast.before_change()  # the requests it holds fail with SimPy's
         env = self.env
         self.oom_events += 1
         self.recorder.event(env.now, "out_of_memory", detail)

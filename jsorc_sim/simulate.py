@@ -13,8 +13,10 @@ import numpy as np
 import simpy
 from tqdm import tqdm
 
-from jsorc_sim import controller, workload
+from jsorc_sim import controller, results, workload
 from jsorc_sim import scenario as scenario_mod
+from jsorc_sim.fastpath import FastPath
+from jsorc_sim.recorder import RECORD_MODES, Recorder
 from jsorc_sim.results import Meters, Result
 from jsorc_sim.runtime import Runtime
 from jsorc_sim.scenario import Scenario
@@ -49,6 +51,9 @@ def simulate(
     overrides: Mapping[str, Any] | None = None,
     progress: bool = False,
     record_events: bool = False,
+    record: str = "calls",
+    out: str | Path | None = None,
+    fast: str = "auto",
 ) -> Result:
     """Run `scenario` (or a path to one) under `policy` and return its tables.
 
@@ -59,7 +64,18 @@ def simulate(
     restricts the workload, and `seed` and `duration_s` override the scenario.
     `record_events` keeps every event the observation builder received in
     `result.extra["events"]` (for `policies.observe.replay`; slower and larger).
+    `record` says which tables to keep: "calls" (every table), "requests" (all but calls) or
+    "none" (neither; the report then comes from streaming statistics, see Result.report).
+    `out` streams the kept calls and requests to Parquet files in that folder as the run goes
+    (memory does not grow with them) and saves the run there at the end (`Result.save`); a
+    file there that jsorc did not write is refused first (jsorc_sim.outputs.OutputError).
+    `fast` chooses the engine (jsorc_sim.fastpath): "auto" computes the stretches where the
+    placement stays put as queues rather than events where the scenario allows it, "off" runs
+    SimPy only, "on" is auto but refuses (FastPathError) a scenario the fast path can never
+    run; `result.extra["engine"]` says which path ran for how long, and why not elsewhere.
     """
+    if record not in RECORD_MODES:
+        raise ValueError(f"record must be one of {', '.join(RECORD_MODES)}, got {record!r}")
     source = str(scenario)
     if not isinstance(scenario, Scenario):
         scenario = scenario_mod.load(scenario)
@@ -93,19 +109,31 @@ def simulate(
         policy_params = dataclasses.asdict(given) \
             if dataclasses.is_dataclass(given) and not isinstance(given, type) else {}
 
+    recorder = Recorder(list(scenario.apps), list(scenario.actions), record=record,
+                        warmup_s=scenario.warmup_s,
+                        sink=results.sink(out) if out is not None else None)
     env = simpy.Environment()
     rng_streams = streams(scenario.seed)
-    runtime = Runtime(env, scenario, rng_streams, record_events=record_events)
+    runtime = Runtime(env, scenario, rng_streams, record_events=record_events,
+                      recorder=recorder)
+    env.process(recorder.flusher(env))
     runtime.place_initial()
-    workload.start(env, runtime, scenario, rng_streams)
-    env.process(controller.sample_timeline(env, runtime, scenario.timeline_s))
+    arrivals = workload.start(env, runtime, scenario, rng_streams)
+    runtime.fast = fastpath = FastPath(runtime, arrivals, fast, record_events=record_events)
+    env.process(controller.sample_timeline(env, runtime, scenario.timeline_s,
+                                           observed=policy_name != "none"))
     if policy_name != "none":
         policy_obj.reset(int(rng_streams["policy"].generate_state(1)[0]))
         env.process(controller.control(env, runtime, policy_obj, scenario.policy.interval_s,
                                        scenario.policy.on_error, policy_name))
 
     started = time.perf_counter()
-    status = _run(env, scenario.duration_s, progress)
+    try:
+        status = _run(env, scenario.duration_s, progress)
+        recorder.finish()
+    except BaseException:
+        recorder.abort()  # no half-written table left in `out`
+        raise
     meters = Meters(
         node_memory_mb_s=runtime.memory.total(),
         replica_memory_mb_s=runtime.replica_memory.total(),
@@ -116,9 +144,18 @@ def simulate(
         ended_s=env.now,
         unfinished_arrivals=tuple(runtime.unfinished.values()),
     )
-    extra = {"events": runtime.event_log.events} if runtime.event_log is not None else {}
-    return Result(scenario, policy_name, policy_params, runtime.recorder, meters, status,
-                  wall_s=time.perf_counter() - started, extra=extra)
+    extra: dict[str, Any] = {"engine": fastpath.summary.as_dict(env.now)}
+    if runtime.event_log is not None:
+        extra["events"] = runtime.event_log.events
+    result = Result(scenario, policy_name, policy_params, runtime.recorder, meters, status,
+                    wall_s=time.perf_counter() - started, extra=extra)
+    if out is not None:
+        try:
+            result.save(out)
+        except BaseException:
+            recorder.abort()
+            raise
+    return result
 
 
 def _run(env: simpy.Environment, duration_s: float, progress: bool) -> str:

@@ -69,11 +69,9 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_complet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
-import pandas as pd
-from scipy import optimize
 from tqdm import tqdm
 
 from jsorc_sim import outputs
@@ -83,6 +81,11 @@ from jsorc_sim.scenario import Scenario, ScenarioError
 from jsorc_sim.simulate import simulate
 from policies import PolicyError, describe, make, resolve
 from policies.registry import coerce_params, params_type
+
+if TYPE_CHECKING:
+    # pandas and scipy are imported where a frame is built or the optimizer runs, so that
+    # building this module's parser (every `jsorc-sim` command does) stays cheap.
+    import pandas as pd
 
 WALKER_METRICS = ("throughput", "average_latency", "50th_latency", "90th_latency",
                   "95th_latency", "99th_latency")
@@ -955,6 +958,8 @@ def _nelder_mead(spec: TuneSpec, evaluator: _Evaluator, start: dict[str, Any]
         evaluator.searched.append(trial.trial)
         return min(trial.objective("train"), FAILED_PENALTY)
 
+    from scipy import optimize
+
     try:
         found = optimize.minimize(objective, x0, method="Nelder-Mead",
                                   bounds=[(0.0, 1.0)] * len(dims),
@@ -992,6 +997,8 @@ class TuneResult:
     @property
     def trials(self) -> pd.DataFrame:
         """One row per candidate and set it was scored on (see trials.parquet)."""
+        import pandas as pd
+
         numbers = [d.name for d in self.spec.space if d.kind != "choice"]
         rows = []
         for t in sorted(self.evaluator.trials.values(), key=lambda t: t.trial):
@@ -1010,6 +1017,8 @@ class TuneResult:
     def cells(self) -> pd.DataFrame:
         """One row per simulation: trial, set, scenario, app, seed, objective, failure,
         status, every metric, wall_s."""
+        import pandas as pd
+
         rows = []
         for t in sorted(self.evaluator.trials.values(), key=lambda t: t.trial):
             for which, score in t.sets.items():

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 
 from jsorc_sim import validate_compare as vc
 from jsorc_sim.validate_live import LiveError, LiveRun, placement_of, run_live
@@ -178,6 +177,8 @@ def sim_overrides(record: Mapping[str, Any], run: LiveRun) -> dict[str, Any]:
 
 def _compare(run: LiveRun, folder: Path, scenario: Path,
              overrides: Mapping[str, Any]) -> Compared:
+    import pandas as pd  # not at the top: every `jsorc-sim` command builds our parser
+
     from jsorc_sim.simulate import simulate
 
     record = json.loads((folder / "run.json").read_text())
@@ -205,6 +206,8 @@ def _live_view(folder: Path, duration_s: float) -> tuple[vc.Metrics, list[float]
     benchmark reports and the simulator's requests measure: the client's HTTP hop is the
     calibrated think time), of its successful walker runs in time order, and their number
     per second of the run. Folders without `server_ms` fall back on the client's view."""
+    import pandas as pd
+
     requests = pd.read_parquet(folder / "requests.parquet")
     ok = requests[requests["ok"]].sort_values("ts")
     column = "server_ms" if "server_ms" in ok.columns else "latency_ms"

@@ -22,7 +22,6 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 METRICS = ("mean_ms", "p50_ms", "p95_ms", "throughput")
 LABELS = {"mean_ms": "mean ms", "p50_ms": "p50 ms", "p95_ms": "p95 ms",
@@ -142,6 +141,8 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     """Pearson r, NaN with fewer than 3 points or a constant side (r is undefined)."""
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
+    from scipy import stats  # ~0.7 s to import: only when validation compares
+
     return float(stats.pearsonr(x, y).statistic)
 
 
@@ -151,6 +152,8 @@ def batch_means(values: Sequence[float], batches: int = BATCHES) -> Interval:
     if data.size < 2 * batches:
         mean = float(data.mean()) if data.size else math.nan
         return Interval(mean, math.nan, math.nan)
+    from scipy import stats
+
     means = np.array([chunk.mean() for chunk in np.array_split(data, batches)])
     half = float(stats.t.ppf(0.975, batches - 1) * means.std(ddof=1) / math.sqrt(batches))
     mean = float(data.mean())
@@ -160,6 +163,8 @@ def batch_means(values: Sequence[float], batches: int = BATCHES) -> Interval:
 def rank(workload: str, labels: Sequence[str], live: Sequence[Interval],
          sim: Sequence[Interval]) -> Ranking:
     """Kendall tau between the live and simulated orders by mean, and every swapped pair."""
+    from scipy import stats
+
     lm, sm = [i.mean for i in live], [i.mean for i in sim]
     tau = float(stats.kendalltau(lm, sm).statistic) if len(labels) >= 2 else math.nan
     swaps = []

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 # JSORC's loadtest apps this validation uses and the actions each calls, in order (as in
 # jsorc_live.runtime.LOADTEST_APPS, which this package may not import).
 APPS: dict[str, tuple[str, ...]] = {
@@ -92,6 +90,10 @@ class Server:
     """A running `jsorc serve`: its URL and the admin calls validation needs."""
 
     def __init__(self, url: str, token: str, log: Path) -> None:
+        # httpx is imported here, not at the top: `jsorc-sim run` imports this module (through
+        # the validate subcommand's parser) and never talks to a server.
+        import httpx
+
         self.url, self.token, self.log = url, token, log
         self._http = httpx.Client(timeout=120.0,
                                   headers={"Authorization": f"token {token}"})
@@ -139,6 +141,8 @@ def serve(env: Mapping[str, str] | None = None, *, stop_s: float = 20.0) -> Iter
 
 
 def _wait_up(proc: subprocess.Popen[bytes], server: Server, timeout_s: float = 60.0) -> None:
+    import httpx
+
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
@@ -156,6 +160,8 @@ def _wait_up(proc: subprocess.Popen[bytes], server: Server, timeout_s: float = 6
 
 def run_live(run: LiveRun, folder: Path, env: Mapping[str, str] | None = None) -> Path:
     """Run `run` on a server of its own and leave its loadtest folder at `folder`."""
+    import httpx
+
     with serve(env) as server:
         for action in run.actions:
             server.admin("/jsorc/actions/config", {"name": action, "config": CONFIG_MODULE})

@@ -14,21 +14,35 @@ is a constant: nothing to draw.)
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import simpy
 
+from jsorc_sim.arrivals import OpenSource, PoissonSource, TraceSource, arrive
 from jsorc_sim.distributions import Sampler, ServiceMaker, service_maker
 from jsorc_sim.runtime import Runtime
 from jsorc_sim.scenario import Scenario, ScenarioError
 
 if TYPE_CHECKING:
-    from jsorc_traces import Arrivals
+    from jsorc_traces import TraceWindows
 
 BATCH = 4096
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class Streams(Protocol):
+    """What a check of stream names reads of a trace: `Arrivals` or `TraceWindows`."""
+
+    @property
+    def key_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def source(self) -> str: ...
 
 
 # The base service times (ms) of one source's requests: for each app, the samplers of its
@@ -46,10 +60,12 @@ def service_samplers(makers: Sequence[ServiceMaker], app_calls: Sequence[Sequenc
 
 
 def start(env: simpy.Environment, runtime: Runtime, scenario: Scenario,
-          streams: dict[str, np.random.SeedSequence]) -> None:
-    """Start the arrival processes of the scenario's workload, on the named `streams`."""
+          streams: dict[str, np.random.SeedSequence]) -> OpenSource | None:
+    """Start the arrival processes of the scenario's workload, on the named `streams`.
+
+    An open workload (Poisson or trace) returns its `OpenSource`, which the fast path draws
+    from too (jsorc_sim.fastpath); a closed one returns None."""
     workload = scenario.workload
-    apps = list(scenario.apps)
     base = scenario.resolve(".")
     makers = [service_maker(spec.service, base) for spec in scenario.actions.values()]
     app_calls = [tuple(action.code for action in plan.actions) for plan in runtime.apps]
@@ -62,39 +78,89 @@ def start(env: simpy.Environment, runtime: Runtime, scenario: Scenario,
                                 workload.client_cpu_ms / 1000.0,
                                 _app_picker(scenario, np.random.default_rng(picks)),
                                 service_samplers(makers, app_calls, service)))
-        return
+        return None
     rng = np.random.default_rng(streams["arrivals"])
     samplers = service_samplers(makers, app_calls, streams["service"])
+    source: OpenSource
     if workload.kind == "poisson":
-        env.process(_poisson(env, runtime, workload.rate_per_s, _app_picker(scenario, rng),
-                             rng, samplers))
+        source = PoissonSource(workload.rate_per_s, _mix(scenario), rng, samplers, app_calls)
     else:
-        arrivals = load_trace(scenario, rng)
-        codes = _trace_apps(scenario, arrivals, apps, rng)
-        # The map is checked against the whole trace (above); only the window is replayed.
-        keep = (codes >= 0) & (arrivals.ts < scenario.duration_s)
-        env.process(_replay(env, runtime, arrivals.ts[keep], codes[keep],
-                            np.nan_to_num(arrivals.size[keep]), samplers))
+        source = TraceSource(trace_requests(scenario, rng), samplers, app_calls)
+    source.process = env.process(arrive(env, runtime, source))
+    return source
 
 
-def load_trace(scenario: Scenario, rng: np.random.Generator) -> Arrivals:
+def load_trace(scenario: Scenario, rng: np.random.Generator, *,
+               window: int | None = None) -> TraceWindows:
+    """The trace's arrivals over the run (`duration_s`, on the scenario's clock) and a little
+    past it, window by window, with the names of every stream of the whole trace.
+
+    Only the run's part is read, and a per-minute trace is expanded a window at a time as the
+    run goes, with the arrivals the whole trace would give there (jsorc_traces.windows).
+    `window` is the most arrivals a window holds (default `jsorc_traces.windows.WINDOW`)."""
     import jsorc_traces as traces  # only trace workloads need the CSV machinery
+    from jsorc_traces.windows import WINDOW
 
     workload = scenario.workload
     path = scenario.resolve(workload.trace)
-    arrivals = traces.read_trace(
+    # A hair past the end, so no arrival with ts * time_scale < duration_s is lost to rounding
+    # in the division; the caller cuts at duration_s exactly.
+    max_s = scenario.duration_s / workload.time_scale * (1.0 + 1e-9)
+    return traces.read_windows(
         path, workload.trace_format, seed=int(rng.integers(2**31)), spread=workload.spread,
-        llm_size=workload.llm_size,
+        llm_size=workload.llm_size, max_s=max_s, window=WINDOW if window is None else window,
     )
-    if workload.time_scale != 1.0:
-        arrivals = dataclasses.replace(arrivals, ts=arrivals.ts * workload.time_scale)
-    return arrivals
+
+
+def trace_requests(scenario: Scenario, rng: np.random.Generator, *,
+                   window: int | None = None) -> Iterator[tuple[FloatArray, IntArray, FloatArray]]:
+    """A trace replay's requests, window by window: times on the run's clock (`time_scale`
+    applied, < `duration_s`), app codes, sizes (0 where the trace gives none).
+
+    Cut in windows, these are the arrays a read of the whole trace gives, to the bit: the map
+    is checked against every stream here, before any window is read, and the `mix` draws are
+    one uniform per unmapped arrival in arrival order (`Generator.choice` with `p`), so drawing
+    them a window at a time draws the same numbers. Nothing else draws from `rng` meanwhile."""
+    trace = load_trace(scenario, rng, window=window)
+    app_of = _trace_apps(scenario, trace, list(scenario.apps))
+    workload = scenario.workload
+    mix = _mix(scenario) if workload.unmapped == "mix" else None
+    return _replay(trace, app_of, mix, rng, workload.time_scale, scenario.duration_s)
+
+
+def _replay(trace: TraceWindows, app_of: IntArray, mix: FloatArray | None,
+            rng: np.random.Generator, time_scale: float,
+            duration_s: float) -> Iterator[tuple[FloatArray, IntArray, FloatArray]]:
+    """The requests of each window (see `trace_requests`); windows left empty are skipped."""
+    for part in trace.windows():
+        ts = part.ts * time_scale if time_scale != 1.0 else part.ts
+        n = int(np.searchsorted(ts, duration_s, side="left"))  # ts < duration_s: a prefix
+        ts = ts[:n]
+        app = app_of[part.key_code[:n]]
+        size = np.zeros(n) if part.size is None else np.nan_to_num(part.size[:n])
+        rest = app < 0
+        if rest.any():
+            if mix is not None:
+                app[rest] = rng.choice(len(mix), size=int(rest.sum()), p=mix)
+            else:  # unmapped = "drop"
+                keep = ~rest
+                ts, app, size = ts[keep], app[keep], size[keep]
+        if len(ts):
+            yield ts, app, size
+        if n < len(part):
+            return
+
+
+def _mix(scenario: Scenario) -> np.ndarray:
+    """The probability of each app (in the scenario's order) by the mix weights."""
+    weights = np.array([scenario.workload.mix.get(app, 0.0) for app in scenario.apps])
+    p: np.ndarray = weights / weights.sum()
+    return p
 
 
 def _app_picker(scenario: Scenario, rng: np.random.Generator) -> Iterator[int]:
     """App codes drawn by the mix weights, in batches."""
-    weights = np.array([scenario.workload.mix.get(app, 0.0) for app in scenario.apps])
-    p = weights / weights.sum()
+    p = _mix(scenario)
     if np.count_nonzero(p) == 1:
         only = int(np.flatnonzero(p)[0])
         while True:
@@ -103,46 +169,44 @@ def _app_picker(scenario: Scenario, rng: np.random.Generator) -> Iterator[int]:
         yield from rng.choice(len(p), size=BATCH, p=p).tolist()
 
 
-def _trace_apps(scenario: Scenario, arrivals: Arrivals, apps: list[str],
-                rng: np.random.Generator) -> np.ndarray:
-    """The app code of each arrival: by `map`, else the app its stream is named after, else by
-    `mix` (or dropped, with `unmapped = "drop"`)."""
+def _trace_apps(scenario: Scenario, trace: Streams, apps: list[str]) -> IntArray:
+    """The app code of each stream of the trace (-1: none, so `mix` or `unmapped = "drop"`
+    decides): by `map`, else the app it is named after. Raises ScenarioError when a map entry
+    names no stream."""
     workload = scenario.workload
-    codes = np.full(len(arrivals), -1, dtype=np.int64)
-    keys = arrivals.key
-    mapped = np.zeros(len(arrivals), dtype=bool)
-    problems = unmatched_streams(workload.map, arrivals)
+    problems = unmatched_streams(workload.map, trace)
     if problems:
         raise ScenarioError(scenario.name, problems)
+    # Streams are decided by name (a few), then every arrival takes its stream's app by code:
+    # one gather instead of a comparison of millions of keys per app and map entry.
+    names = np.array(trace.key_names, dtype=object)
+    app_of = np.full(len(names), -1, dtype=np.int64)
+    mapped = np.zeros(len(names), dtype=bool)
     for stream, app in workload.map.items():
-        match = match_stream(keys, stream)
-        codes[match] = apps.index(app)
+        match = match_stream(names, stream)
+        app_of[match] = apps.index(app)
         mapped |= match
     # A stream named like one of the scenario's apps (the `app` column of a requests or
     # call table) is that app's traffic, unless the map says otherwise.
     for code, app in enumerate(apps):
-        named = ~mapped & (keys == app)
-        codes[named] = code
+        named = ~mapped & (names == app)
+        app_of[named] = code
         mapped |= named
-    rest = ~mapped
-    if workload.unmapped == "mix" and rest.any():
-        weights = np.array([workload.mix.get(app, 0.0) for app in apps])
-        codes[rest] = rng.choice(len(apps), size=int(rest.sum()), p=weights / weights.sum())
-    return codes
+    return app_of
 
 
 def match_stream(keys: np.ndarray, stream: str) -> np.ndarray:
-    """The arrivals of `stream`: its exact key, or a unique prefix of >= 6 characters (so
-    people can write the start of a 64-character hash)."""
+    """Which of `keys` (stream names, or one per arrival) are `stream`: its exact key, or a
+    unique prefix of >= 6 characters (so people can write the start of a 64-character hash)."""
     match: np.ndarray = np.asarray(keys == stream, dtype=bool)
     if not match.any() and len(stream) >= 6:
         match = np.array([str(k).startswith(stream) for k in keys], dtype=bool)
     return match
 
 
-def unmatched_streams(mapping: dict[str, str] | Any, arrivals: Arrivals) -> list[str]:
+def unmatched_streams(mapping: dict[str, str] | Any, arrivals: Streams) -> list[str]:
     """A problem for each `map` entry that names no stream of the trace."""
-    distinct = np.array(arrivals.keys(), dtype=object)
+    distinct = np.array(arrivals.key_names, dtype=object)
     problems = []
     for stream in mapping:
         matches = [str(k) for k in distinct[match_stream(distinct, stream)]]
@@ -153,20 +217,6 @@ def unmatched_streams(mapping: dict[str, str] | Any, arrivals: Arrivals) -> list
             problems.append(f"workload.map: {stream!r} is the start of several streams "
                             f"({', '.join(m[:12] for m in matches)}): give more characters")
     return problems
-
-
-def _poisson(env: simpy.Environment, runtime: Runtime, rate: float, pick: Iterator[int],
-             rng: np.random.Generator, samplers: AppSamplers) -> Generator[simpy.Event, Any, None]:
-    timeout, process, serve = env.timeout, env.process, runtime.serve
-    for gap in _gaps(rng, rate):
-        yield timeout(gap)
-        app = next(pick)
-        process(serve(app, 0.0, [draw() for draw in samplers[app]]))
-
-
-def _gaps(rng: np.random.Generator, rate: float) -> Iterator[float]:
-    while True:
-        yield from rng.exponential(1.0 / rate, BATCH).tolist()
 
 
 def _client(env: simpy.Environment, runtime: Runtime, think_s: float, cpu_s: float,
@@ -185,14 +235,3 @@ def _client(env: simpy.Environment, runtime: Runtime, think_s: float, cpu_s: flo
                 yield env.timeout(cpu_s)
         if think_s:
             yield env.timeout(think_s)
-
-
-def _replay(env: simpy.Environment, runtime: Runtime, ts: np.ndarray, apps: np.ndarray,
-            sizes: np.ndarray, samplers: AppSamplers) -> Generator[simpy.Event, Any, None]:
-    timeout, process, serve = env.timeout, env.process, runtime.serve
-    now = 0.0
-    for t, app, size in zip(ts.tolist(), apps.tolist(), sizes.tolist(), strict=True):
-        if t > now:
-            yield timeout(t - now)
-            now = t
-        process(serve(app, size, [draw() for draw in samplers[app]]))

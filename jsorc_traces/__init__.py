@@ -12,6 +12,7 @@ from jsorc_traces.readers import (
     detect_format,
     read_trace,
 )
+from jsorc_traces.windows import TraceWindows, Window, read_windows
 
-__all__ = ["FORMATS", "LLM_SIZES", "SPREADS", "Arrivals", "TraceError", "detect_format",
-           "read_trace"]
+__all__ = ["FORMATS", "LLM_SIZES", "SPREADS", "Arrivals", "TraceError", "TraceWindows", "Window",
+           "detect_format", "read_trace", "read_windows"]

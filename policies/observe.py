@@ -144,6 +144,9 @@ class ActionSignals:
         self.service_n = [0, 0]
         self.network_sum = 0.0
         self.network_n = 0
+        # Calls a batch left unfinished (`remote_batch`): tokens of their own, below zero.
+        self._batch_tokens: list[int] = []
+        self._batch_next = 0
 
     # ----------------------------------------------------------------- calls
 
@@ -175,13 +178,14 @@ class ActionSignals:
     def started(self, token: int, t: float, replica: Any = None) -> None:
         """On a node core (local) or on `replica` (remote); a second call moves it."""
         call = self._calls[token]
+        where = call[2]
         if call[1] == _STARTED:
             self._stop(call, t)
-        elif call[2] == REMOTE:
+        elif where == REMOTE:
             self.queued_remote -= 1
         call[1] = _STARTED
         call[3] = replica
-        if call[2] == LOCAL:
+        if where == LOCAL:
             lv = self.busy_local
             lv.acc -= t
             lv.level += 1.0
@@ -190,13 +194,14 @@ class ActionSignals:
             lv.level += 1.0
             return
         self.started_remote += 1
+        cores = self.info.replica_cores
         state = self.replicas.get(replica)
         if state is None:  # a replica the world never announced (an attached server)
             state = self.replicas[replica] = [_READY, 0]
             self.replicas_ready += 1
-            self.capacity.add(t, self.info.replica_cores)
-        state[1] += 1
-        if state[0] == _READY and state[1] <= self.info.replica_cores:
+            self.capacity.add(t, cores)
+        n = state[1] = state[1] + 1
+        if n <= cores and state[0] == _READY:
             lv = self.busy_remote
             lv.acc -= t
             lv.level += 1.0
@@ -213,7 +218,9 @@ class ActionSignals:
             w.level -= 1.0
         else:
             where = call[2]
-            if stage == _STARTED and where == LOCAL:  # inlined `_leave` (the hot path)
+            if stage != _STARTED:
+                self._leave(call, t)
+            elif where == LOCAL:  # `_leave` and `_stop` inlined (the hot path)
                 lv = self.busy_local
                 lv.acc += t
                 lv.level -= 1.0
@@ -223,8 +230,18 @@ class ActionSignals:
                 lv = self.system[LOCAL]
                 lv.acc += t
                 lv.level -= 1.0
-            else:
-                self._leave(call, t)
+            else:  # on a replica: `_leave` and `_stop` inlined
+                self.started_remote -= 1
+                state = self.replicas.get(call[3])
+                if state is not None:
+                    if state[0] == _READY and state[1] <= self.info.replica_cores:
+                        lv = self.busy_remote
+                        lv.acc += t
+                        lv.level -= 1.0
+                    state[1] -= 1
+                lv = self.system[where]
+                lv.acc += t
+                lv.level -= 1.0
             if ok:
                 self.latencies[where].append(latency_ms)
                 if service_ms == service_ms:  # not NaN: the server said how long
@@ -270,6 +287,56 @@ class ActionSignals:
             lv.acc += t
             lv.level -= 1.0
         state[1] -= 1
+
+    # ----------------------------------------------------------------- batches
+
+    def remote_batch(self, window: RemoteWindow) -> list[int]:
+        """A window's successful remote calls at once, for a world that computes a stretch
+        of its run in one go (the simulator's fast path): the same state as each call's
+        `issued` + `dispatched(REMOTE)` at its issue time, `started` on its replica and
+        `finished` (ok, not cold) would leave, up to float rounding of the sums. Only for
+        ready replicas of a shared queue (a replica never holds more calls than cores).
+
+        `window.pending` are the calls unfinished at the window's end; they replace the
+        previous batch's pending calls, and their tokens are returned (in that order), for
+        the world to finish them one by one later (`started`, `finished`)."""
+        for token in self._batch_tokens:
+            self._calls.pop(token, None)
+        n_issued, n_started, n_finished = (len(window.issued), len(window.started),
+                                           len(window.finished))
+        self._next += n_issued
+        system = self.system[REMOTE]
+        system.acc += float(window.finished.sum()) - float(window.issued.sum())
+        system.level += n_issued - n_finished
+        busy = self.busy_remote
+        busy.acc += float(window.finished.sum()) - float(window.started.sum())
+        busy.level += n_started - n_finished
+        self.queued_remote += n_issued - n_started
+        self.started_remote += n_started - n_finished
+        replicas = self.replicas
+        for replica, count in _counts(window.started_replica).items():
+            replicas[replica][1] += count
+        for replica, count in _counts(window.finished_replica).items():
+            replicas[replica][1] -= count
+        if n_finished:
+            self.finished_n += n_finished
+            self.latencies[REMOTE].extend(window.latency_ms.tolist())
+            self.service_sum[REMOTE] += float(window.service_ms.sum())
+            self.service_n[REMOTE] += n_finished
+            self.network_sum += float(window.network_ms.sum())
+            self.network_n += n_finished
+            by_app = self.by_app
+            for app, count in window.by_app.items():
+                by_app[app] = by_app.get(app, 0) + count
+        tokens = []
+        for issued, started, replica in window.pending:
+            self._batch_next -= 1
+            token = self._batch_next
+            self._calls[token] = [issued, _STARTED if started else _DISPATCHED, REMOTE,
+                                  replica if started else None]
+            tokens.append(token)
+        self._batch_tokens = tokens
+        return tokens
 
     # ----------------------------------------------------------------- replicas
 
@@ -341,6 +408,33 @@ class ActionSignals:
         return 0.0
 
 
+@dataclass(frozen=True)
+class RemoteWindow:
+    """One action's successful remote calls over a window, as arrays of seconds and ms:
+    issue times of the calls issued in it, start times (and replicas) of those started in
+    it, finish times (and replicas) of those finished in it with their latency, service and
+    network ms, the finished calls per app, and the calls unfinished at its end as
+    (issued at, started?, replica)."""
+
+    issued: np.ndarray
+    started: np.ndarray
+    started_replica: np.ndarray
+    finished: np.ndarray
+    finished_replica: np.ndarray
+    latency_ms: np.ndarray
+    service_ms: np.ndarray
+    network_ms: np.ndarray
+    by_app: Mapping[str, int]
+    pending: tuple[tuple[float, bool, Any], ...] = ()
+
+
+def _counts(values: np.ndarray) -> dict[Any, int]:
+    if not len(values):
+        return {}
+    keys, counts = np.unique(values, return_counts=True)
+    return {k: int(c) for k, c in zip(keys.tolist(), counts.tolist(), strict=True)}
+
+
 class NodeSignals:
     """The node's and the requests' events (one per builder)."""
 
@@ -375,6 +469,25 @@ class NodeSignals:
         else:
             counts[1] += 1
             self.failures_so_far += 1
+
+    def batch(self, compute_started: np.ndarray, compute_finished: np.ndarray,
+              finished: Mapping[str, np.ndarray]) -> None:
+        """A window's walker compute and finished requests at once (see
+        `ActionSignals.remote_batch`): `finished` maps an app to the latencies (ms) of its
+        requests that finished in the window, all of them ok."""
+        busy = self.busy
+        busy.acc += float(compute_finished.sum()) - float(compute_started.sum())
+        busy.level += len(compute_started) - len(compute_finished)
+        for app, latencies in finished.items():
+            if not len(latencies):
+                continue
+            self.requests_so_far += len(latencies)
+            counts = self.request_counts.get(app)
+            if counts is None:
+                counts = self.request_counts[app] = [0, 0]
+                self.requests[app] = []
+            counts[0] += len(latencies)
+            self.requests[app].extend(latencies.tolist())
 
     def compute_started(self, t: float) -> None:
         """A walker's own compute took a node core."""
@@ -493,6 +606,17 @@ class ObservationBuilder:
         node.request_counts = {}
         return Observation(now, interval_s, node_stats, actions, apps, totals)
 
+    def forget_window(self) -> None:
+        """Drop the window's tallies (latencies, counts) without observing: for a world in
+        which nobody observes (a run with no policy), whose tallies would otherwise grow
+        with every call. The running integrals and counts now are kept."""
+        self.node.requests = {}
+        self.node.request_counts = {}
+        for a in self.actions.values():
+            a.finished_n = a.failures = a.cold = 0
+            a.latencies = ([], [])
+            a.by_app = {}
+
     def _action(self, a: ActionSignals, start: Integrals, end: Integrals, elapsed: float,
                 now: float) -> ActionStats:
         zero = (0.0, 0.0, 0.0, 0.0, 0.0, NAN, 0.0, 0.0)
@@ -596,6 +720,10 @@ class EventLog:
         self.events.append(("observe", "", (now, interval_s), {}))
         return self.builder.observe(now, interval_s)
 
+    def forget_window(self) -> None:
+        self.events.append(("forget_window", "", (), {}))
+        self.builder.forget_window()
+
 
 class _Recording:
     def __init__(self, log: EventLog, name: str, target: Any) -> None:
@@ -623,6 +751,8 @@ def replay(events: Iterable[tuple[str, str, tuple[Any, ...], dict[str, Any]]],
     for kind, name, args, kwargs in events:
         if kind == "observe":
             out.append(builder.observe(*args))
+        elif kind == "forget_window":
+            builder.forget_window()
         elif kind in handlers:
             handlers[kind](name, *args)
         elif name:

@@ -304,6 +304,8 @@ def test_max_s_matches_until(traces_dir: Path) -> None:
     np.testing.assert_array_equal(cut.ts, later.ts)
     np.testing.assert_array_equal(cut.key, later.key)
     np.testing.assert_array_equal(cut.size, later.size)
+    np.testing.assert_array_equal(cut.key_code, later.key_code)
+    assert cut.key_names == later.key_names == full.key_names
     assert (later.fmt, later.spread, later.source, later.origin) == (
         full.fmt,
         full.spread,
@@ -525,3 +527,110 @@ def test_a_call_table_replays_one_arrival_per_request_at_its_first_call(tmp_path
     broken.write_text("ts,request_id,app,action\n1,0,a,x\nsoon,1,a,x\n")
     with pytest.raises(TraceError, match=r"broken\.csv:3: column 'ts'"):
         read_trace(broken)
+
+
+# ----------------------------------------------------------------------------- keys as codes
+
+
+def assert_same_arrivals(a: Arrivals, b: Arrivals) -> None:
+    np.testing.assert_array_equal(a.ts, b.ts)
+    np.testing.assert_array_equal(a.key_code, b.key_code)
+    np.testing.assert_array_equal(a.size, b.size)
+    assert a.key_names == b.key_names
+    assert (a.fmt, a.spread, a.source, a.origin) == (b.fmt, b.spread, b.source, b.origin)
+
+
+@pytest.mark.parametrize("spread", SPREADS)
+def test_keys_are_codes_into_names_in_order_of_first_arrival(traces_dir: Path,
+                                                             spread: str) -> None:
+    arr = read_trace(traces_dir / SAMPLE10, spread=spread, seed=4)
+    assert arr.key_code.dtype == np.int32
+    assert arr.key_code.nbytes == 4 * len(arr)
+    key = arr.key
+    assert key.dtype == object and key.shape == arr.ts.shape
+    assert [str(k) for k in pd.unique(key)] == arr.keys() == list(arr.key_names)
+    # Arrival i's name, looked up independently of the codes: through the minute table.
+    keys, counts = minute_table(traces_dir / SAMPLE10)
+    np.testing.assert_array_equal(counts_by_minute(arr, keys, counts.shape[1]), counts)
+
+
+def test_a_window_keeps_every_name_of_the_trace(tmp_path: Path) -> None:
+    arr = read_trace(write(tmp_path, "r.csv", "ts,app\n0,a\n1,b\n2,c\n"))
+    cut = arr.until(1.5)
+    assert cut.key.tolist() == ["a", "b"]
+    assert cut.keys() == ["a", "b", "c"], "c has no arrival in the window but is a stream"
+    assert read_trace(arr.source, max_s=1.5).keys() == ["a", "b", "c"]
+
+
+def test_a_repeated_hash_function_is_one_stream(tmp_path: Path) -> None:
+    path = write(tmp_path, "dup.csv", invitro_csv(["g", "f", "g"], [[0, 1], [1, 0], [1, 1]]))
+    arr = read_trace(path, spread="even")
+    assert arr.keys() == ["f", "g"]
+    np.testing.assert_allclose(arr.ts + arr.origin, [30, 30, 90, 90])
+    assert arr.key.tolist() == ["f", "g", "g", "g"]
+
+
+def test_traces_without_sizes_hold_no_size_per_arrival(single_uniform: Arrivals) -> None:
+    assert np.isnan(single_uniform.size).all()
+    assert single_uniform.size.strides == (0,), "one nan seen at every arrival"
+
+
+def test_a_window_of_the_day_is_the_days_start(traces_dir: Path,
+                                               single_uniform: Arrivals) -> None:
+    cut = read_trace(traces_dir / SINGLE, max_s=7200.0)
+    assert 1_000_000 < len(cut) < len(single_uniform) // 10
+    assert_same_arrivals(cut, single_uniform.until(7200.0))
+
+
+@pytest.mark.parametrize("spread", SPREADS)
+@pytest.mark.parametrize("max_s", [1.0, 59.0, 600.0, 4000.0, 90000.0])
+def test_a_window_of_sample10_is_its_start(traces_dir: Path, spread: str, max_s: float) -> None:
+    path = traces_dir / SAMPLE10
+    full = read_trace(path, spread=spread, seed=9)
+    assert_same_arrivals(read_trace(path, spread=spread, seed=9, max_s=max_s), full.until(max_s))
+
+
+@st.composite
+def sparse_tables(draw: st.DrawFn) -> list[list[int]]:
+    """Mostly empty cells, so streams start late and several start in the same minute."""
+    n_func = draw(st.integers(1, 4))
+    n_min = draw(st.integers(1, 12))
+    cell = st.sampled_from([0, 0, 0, 0, 1, 2, 7])
+    table = draw(st.lists(st.lists(cell, min_size=n_min, max_size=n_min),
+                          min_size=n_func, max_size=n_func))
+    if sum(map(sum, table)) == 0:
+        table[0][draw(st.integers(0, n_min - 1))] = 1
+    return table
+
+
+@settings(max_examples=150, deadline=None)
+@given(table=st.one_of(count_tables(), sparse_tables()), seed=st.integers(0, 2**32 - 1),
+       max_s=st.floats(1e-3, 600.0), names=st.sampled_from([("a", "b", "c", "d"),
+                                                            ("b", "a", "b", "a")]))
+def test_a_window_is_the_whole_traces_start(table: list[list[int]], seed: int, max_s: float,
+                                            names: tuple[str, ...]) -> None:
+    """Whatever the counts (streams starting late, ties, repeated names), reading a window
+    gives the whole trace's arrivals there and its names in the same order."""
+    keys = list(names[: len(table)])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(Path(tmp), "inv.csv", invitro_csv(keys, table))
+        for spread in SPREADS:
+            full = read_trace(path, spread=spread, seed=seed)
+            assert full.keys() == [str(k) for k in pd.unique(full.key)]
+            assert_same_arrivals(read_trace(path, spread=spread, seed=seed, max_s=max_s),
+                                 full.until(max_s))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_streams_first_called_in_one_minute_past_the_window_keep_their_order(
+        tmp_path: Path, seed: int) -> None:
+    # Three streams first called in minute 5, far past a 1 s window: which comes first
+    # depends on the uniform draws of that minute, which the window never expands.
+    path = write(tmp_path, "late.csv", invitro_csv(["a", "b", "c", "d"],
+                                                   [[1, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 3, 1],
+                                                    [0, 0, 0, 0, 0, 4, 0], [0, 0, 0, 0, 0, 2, 9]]))
+    for spread in SPREADS:
+        full = read_trace(path, spread=spread, seed=seed)
+        cut = read_trace(path, spread=spread, seed=seed, max_s=1.0)
+        assert len(cut) == 1
+        assert cut.keys() == full.keys() == [str(k) for k in pd.unique(full.key)]
