@@ -122,7 +122,8 @@ class Result:
                 "relative_error": self.recorder.statistics.relative_error}
 
     def report(self) -> dict[str, Any]:
-        """JSORC's benchmark shape, plus `cost`, `unfinished` and `statistics`. Latency in ms
+        """JSORC's benchmark shape, plus `cost`, `unfinished`, `statistics` and `engine` (which
+        path ran: SimPy or the fast path, for how long, and why not). Latency in ms
         of requests arriving after warm-up that succeeded; throughput is those per second of
         (end - warm-up), the end being `duration_s` or the moment a stopped run stopped.
         Percentiles are exact or from the sketch, as `statistics` says; counts and means are
@@ -143,8 +144,11 @@ class Result:
             for code, app in enumerate(s.apps):
                 walker_run[app] = _sketch_latency_report(st.finished[code], span)
             walker_run["all"] = _sketch_latency_report(st.merged(st.finished), span)
-        return {"walker_run": walker_run, "cost": self.cost(), "unfinished": self.unfinished(),
-                "statistics": self.statistics()}
+        report = {"walker_run": walker_run, "cost": self.cost(),
+                  "unfinished": self.unfinished(), "statistics": self.statistics()}
+        if "engine" in self.extra:  # which path ran (jsorc_sim.fastpath): how, not what
+            report["engine"] = self.extra["engine"]
+        return report
 
     def unfinished(self) -> dict[str, Any]:
         """What `walker_run` leaves out: the requests still in the system at the end.

@@ -60,7 +60,7 @@ def test_run_json_prints_jsorcs_report(capsys: pytest.CaptureFixture[str]) -> No
     code, out, err = cli(capsys, *RUN, "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert set(report) == {"walker_run", "cost", "unfinished", "statistics"}
+    assert set(report) == {"walker_run", "cost", "unfinished", "statistics", "engine"}
     walker_run = report["walker_run"]
     assert set(walker_run) == {"sentence_pairing", "all"}
     for app, stats in walker_run.items():

@@ -63,7 +63,7 @@ def test_an_overload_shows_in_the_unfinished_section(tmp_path: Path) -> None:
     table, ts, apps = overloaded(tmp_path)
     r = simulate(from_dict(table, base_dir=str(tmp_path)), "none", seed=1)
     report = r.report()
-    assert set(report) == {"walker_run", "cost", "unfinished", "statistics"}
+    assert set(report) == {"walker_run", "cost", "unfinished", "statistics", "engine"}
 
     arrived = ts < DURATION_S
     ts, apps = ts[arrived], apps[arrived]
