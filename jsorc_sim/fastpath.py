@@ -124,6 +124,7 @@ class FastPath:
         self._pending: dict[int, list[tuple[int, int]]] = {}  # action -> (row, position)
         self._tokens: dict[int, list[int]] = {}
         self._unfinished: list[int] = []
+        self._until = 0.0  # where the last stretch ended
         if self.enabled:
             paths = _paths(scenario)
             assert isinstance(paths, Paths)
@@ -225,6 +226,7 @@ class FastPath:
         self.summary.fast_requests += len(block)
         table.advance(end, self._servers)
         self._apply(table, start, end)
+        self._until = end
         self.summary.stretches += 1
         self.summary.fast_s += end - start
 
@@ -242,12 +244,10 @@ class FastPath:
             issued, queued = table.issued[rows, cols], table.queued[rows, cols]
             begun, ended = table.start[rows, cols], table.end[rows, cols]
             service = np.empty(len(rows))
-            for code in np.unique(actions).tolist():
-                at = actions == code
-                service[at] = table.service_ms(rows[at], cols[at], code)
             replica = np.empty(len(rows), dtype=np.int64)
             for code in np.unique(actions).tolist():
                 at = actions == code
+                service[at] = table.service_ms(rows[at], cols[at], code)
                 replica[at] = self._servers[code].replica[table.token[rows[at], cols[at]]]
             recorder.add_calls({
                 "ts": issued, "request_id": table.rid[rows], "app": table.app[rows],
@@ -350,6 +350,11 @@ class FastPath:
         source = self.source
         assert table is not None and source is not None
         now = env.now
+        if now != self._until:
+            # Changes come from the controller's steps, which are the stretches' ends; the
+            # batch handed to the builder already runs to `_until`.
+            raise RuntimeError(f"fast path: a change at t={now!r} inside a stretch that runs "
+                               f"to t={self._until!r}")
         self.active = False
         self.summary.hand_backs += 1
         # Tokens: the ones in service stay with their calls; the others go back to each
