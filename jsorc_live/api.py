@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -313,10 +314,13 @@ class JsorcService:
         if bad:
             raise RuntimeRefusal(f"{bad}: policy parameters must be finite numbers; "
                                  "nothing changed")
-        ref = registered_policy(policy_name)
         try:
+            # A file's path as it resolves here, so a controller restart finds the same file.
+            ref = policies.absolute_ref(registered_policy(policy_name))
             policy = policies.make(ref, dict(policy_params),
                                    allowed_modules=self.allowed_policy_modules)
+        except policies.PolicyNotAllowed as exc:  # the operator's refusal, not a typo
+            raise RuntimeRefusal(str(exc), 403) from None
         except (policies.PolicyError, PlacementError, TypeError, ValueError) as exc:
             raise RuntimeRefusal(str(exc)) from None
         except Exception as exc:  # a policy's own constructor may raise anything
@@ -371,6 +375,13 @@ class JsorcService:
     def trackact_stop(self) -> dict[str, Any]:
         rows = self.runtime.track_stop()
         return {"success": True, "calls": [{k: plain(v) for k, v in r.items()} for r in rows]}
+
+    def trackact_calls(self, since: int | None) -> dict[str, Any]:
+        """The calls after cursor `since` and the cursor to pass next, leaving `trackact`
+        (whoever started it) as it is."""
+        rows, cursor = self.runtime.calls_since(since)
+        return {"success": True, "calls": [{k: plain(v) for k, v in r.items()} for r in rows],
+                "cursor": cursor, "tracking": self.runtime.track_active}
 
     def benchmark_start(self) -> dict[str, Any]:
         self.runtime.benchmark_start()
@@ -515,7 +526,8 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
     limit (jsorc_live.limits); `max_replicas`: the replica cap of any one action;
     `credentials`: the admin's login (default: JSORC_ADMIN_EMAIL, JSORC_ADMIN_PASSWORD).
     `allowed_policy_modules` (`pkg.mod` or `pkg.*`) and the modules of `policy_files` (each
-    imported here, at start-up) are the only ones `actionpolicy set module:Class` may import;
+    imported here, at start-up) are the only ones `actionpolicy set module:Class` may import,
+    and `policy_files` the only files `actionpolicy set path/to/file.py:Class` may name;
     a bad entry or file raises policies.PolicyError. A kube
     backend that cannot reach its cluster raises jsorc_live.kube.KubeError (one line)."""
     from jsorc_live.actions import config as configs
@@ -525,8 +537,12 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
     if backend not in ("process", "kube"):
         raise RuntimeRefusal(f"unknown backend {backend!r}; use process or kube")
     # Before any child process starts: a bad allow-list or policy file refuses the start.
+    # A policy file is allowed by its module name and by its path (`actionpolicy set
+    # /srv/mine.py:Mine`, as the path resolves on this machine).
     policy_modules = (*policies.check_allow_list(allowed_policy_modules),
-                      *(policies.load_policy_file(path) for path in policy_files))
+                      *(entry for path in policy_files for entry in (
+                          policies.load_policy_file(path),
+                          str(Path(path).expanduser().resolve()))))
 
     # Config modules come from the operator (the default and `serve --config`), never from a
     # request; a configured action's module joins the loader's allow-list.

@@ -199,6 +199,12 @@ class ActionpolicySet(_Body):
                                           description="the policy's parameters, name: value")
 
 
+class TrackactCalls(_Body):
+    since: int | None = Field(default=None, ge=0,
+                              description="a cursor from an earlier answer; left out: no "
+                                          "calls, only the cursor now")
+
+
 class ConfigGet(_Body):
     name: str | None = Field(default=None, min_length=1,
                              description="one setting; all of them when left out")
@@ -288,6 +294,12 @@ class StatusAnswer(Answer):
     policy: str
     walkers: list[str]
     actions: dict[str, ActionStatus]
+
+
+class CallsAnswer(Answer):
+    calls: list[dict[str, Any]]
+    cursor: int
+    tracking: bool  # whether a `trackact` session is running (this read does not touch it)
 
 
 class ReportAnswer(Answer):

@@ -129,6 +129,8 @@ def _jsorc_routes(service: JsorcService, ops: Ops) -> list[Route]:
           lambda d: s.trackact_start()),
         r("/jsorc/trackact/stop", "stop tracking; the calls tracked", m.Empty, m.Answer,
           lambda d: s.trackact_stop(), 409),
+        r("/jsorc/trackact/calls", "the calls after a cursor; trackact left as it is",
+          m.TrackactCalls, m.CallsAnswer, lambda d: s.trackact_calls(d["since"])),
         r("/jsorc/benchmark/start", "start the walker benchmark", m.Empty, m.Answer,
           lambda d: s.benchmark_start()),
         r("/jsorc/benchmark/stop", "stop the benchmark; its report", m.Empty, m.ReportAnswer,

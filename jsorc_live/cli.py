@@ -9,13 +9,17 @@
     jsorc actions load NAME -mode module|remote [--url URL] [--replicas N]
     jsorc actions status NAME
     jsorc actions unload NAME -mode auto|module|remote
-    jsorc actionpolicy set NAME [k=v ...] | get
+    jsorc actionpolicy set NAME|module:Class|file.py:Class [k=v ...] | get
     jsorc trackact start | stop [--out FILE.parquet|.csv]
     jsorc benchmark start | stop | report
     jsorc config get [NAME] | set NAME VALUE
     jsorc walker run NAME [--ctx JSON]
     jsorc status
+    jsorc loadtest --app NAME [--clients N] [--duration S] [--grace S] [--trace FILE] [--out DIR]
+    jsorc tracksys start | stop | report
+    jsorc service refresh NAME | status
     jsorc devcluster --kubeconfig FILE [--port P] [--namespace NS] [--log-dir DIR]
+    jsorc --version
 
 Every client command takes `--server URL` (or JSORC_URL, default http://127.0.0.1:8000),
 `--token T` (or JSORC_TOKEN) and `--json`. A refusal prints one line and exits with 2.
@@ -77,11 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="jsorc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=Version, help="print jsorc's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve_p = sub.add_parser("serve", help="run the runtime and the JSORC API")
-    serve_p.add_argument("--host", default="127.0.0.1")
-    serve_p.add_argument("--port", type=int, default=8000)
+    serve_p.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default %(default)s)")
+    serve_p.add_argument("--port", type=int, default=8000,
+                         help="port to listen on (default %(default)s)")
     serve_p.add_argument("--backend", choices=["process", "kube"], default="process",
                          help="where remote replicas run: action-server processes here, "
                               "or Deployments in a Kubernetes namespace")
@@ -106,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "None by default: only registered policies")
     serve_p.add_argument("--policy-file", action="append", default=[], metavar="FILE.py",
                          help="import this file at start-up as module FILE (its policies "
-                              "can then be set as FILE:Class, or by a name it registers); "
-                              "repeatable")
-    serve_p.add_argument("--log-level", default="warning")
+                              "can then be set as FILE:Class, path/to/FILE.py:Class, or by a "
+                              "name it registers); repeatable")
+    serve_p.add_argument("--log-level", default="warning",
+                         help="debug, info, warning or error (default %(default)s)")
     limits = serve_p.add_argument_group("limits")
     limits.add_argument("--walker-threads", type=_count, default=64, metavar="N",
                         help="threads for walker runs (default %(default)s)")
@@ -136,48 +144,56 @@ def build_parser() -> argparse.ArgumentParser:
     actions = sub.add_parser("actions", help="configure, load, unload actions").add_subparsers(
         dest="verb", required=True)
     a = actions.add_parser("config", parents=[client], help="configure an action")
-    a.add_argument("name")
+    a.add_argument("name", help="the action, e.g. use_enc")
     a.add_argument("config", help="module with ACTION_CONFIGS, e.g. jsorc_live.actions.config")
     a = actions.add_parser("load", parents=[client], help="load an action locally or remote")
-    a.add_argument("name")
+    a.add_argument("name", help="a configured action")
     a.add_argument("-mode", "--mode", required=True, choices=["module", "local", "remote"])
     a.add_argument("--url", default=None, help="attach this running action server")
     a.add_argument("--replicas", type=int, default=None,
                    help="remote replicas (default 1; on a remote action: scale to N)")
     a = actions.add_parser("status", parents=[client], help="an action's status")
-    a.add_argument("name")
+    a.add_argument("name", help="a configured action")
     a = actions.add_parser("unload", parents=[client], help="unload an action")
-    a.add_argument("name")
+    a.add_argument("name", help="a loaded action")
     a.add_argument("-mode", "--mode", default="auto", choices=["auto", "module", "local",
                                                                "remote"])
 
     policy = sub.add_parser("actionpolicy", help="the action placement policy").add_subparsers(
         dest="verb", required=True)
     a = policy.add_parser("set", parents=[client], help="set the policy")
-    a.add_argument("name")
-    a.add_argument("params", nargs="*", metavar="k=v")
+    a.add_argument("name", help="a registered policy, module:Class or path/to/file.py:Class "
+                                "(modules and files the server allows)")
+    a.add_argument("params", nargs="*", metavar="k=v",
+                   help="policy parameters (a JSON object or list is parsed)")
     policy.add_parser("get", parents=[client], help="the policy and its parameters")
 
-    for group, verbs in (("trackact", ("start", "stop")),
-                         ("benchmark", ("start", "stop", "report"))):
-        g = sub.add_parser(group).add_subparsers(dest="verb", required=True)
-        for verb in verbs:
-            a = g.add_parser(verb, parents=[client])
+    for group, about, verbs in (
+            ("trackact", "track action calls (JSORC's call trace)",
+             (("start", "start tracking action calls"),
+              ("stop", "stop tracking; the calls since start"))),
+            ("benchmark", "JSORC's walker benchmark (latency, throughput)",
+             (("start", "start the benchmark"), ("stop", "stop it; its report"),
+              ("report", "the report so far")))):
+        g = sub.add_parser(group, help=about).add_subparsers(dest="verb", required=True)
+        for verb, verb_help in verbs:
+            a = g.add_parser(verb, parents=[client], help=verb_help)
             if group == "trackact" and verb == "stop":
                 a.add_argument("--out", default=None, help="write the calls to .parquet/.csv")
 
     config = sub.add_parser("config", help="the JSORC config").add_subparsers(
         dest="verb", required=True)
-    a = config.add_parser("get", parents=[client])
-    a.add_argument("name", nargs="?")
-    a = config.add_parser("set", parents=[client])
-    a.add_argument("name")
-    a.add_argument("value")
+    a = config.add_parser("get", parents=[client], help="every setting, or one")
+    a.add_argument("name", nargs="?", help="one setting (default: all)")
+    a = config.add_parser("set", parents=[client], help="change one setting")
+    a.add_argument("name", help="automation, backoff_interval, namespace, keep_alive, "
+                                "kubernetes or max_replicas")
+    a.add_argument("value", help="a JSON value, or text the setting reads (2.5, true)")
 
     walker = sub.add_parser("walker", help="run walkers").add_subparsers(dest="verb",
                                                                         required=True)
-    a = walker.add_parser("run", parents=[client])
-    a.add_argument("name")
+    a = walker.add_parser("run", parents=[client], help="run a walker once, print its report")
+    a.add_argument("name", help="the walker, e.g. restaurant_chatbot")
     a.add_argument("--ctx", default="{}", help="the walker's ctx as a JSON object")
 
     sub.add_parser("status", parents=[client], help="every action at a glance")
@@ -199,8 +215,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="namespace created at start, besides default (default jsorc)")
     dev.add_argument("--log-dir", type=Path, default=None,
                      help="keep pod logs here (default: a temporary folder, removed at exit)")
-    dev.add_argument("--log-level", default="warning")
+    dev.add_argument("--log-level", default="warning",
+                     help="debug, info, warning or error (default %(default)s)")
     return parser
+
+
+class Version(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("jsorc")
+        except PackageNotFoundError:
+            number = "unknown (not installed: pip install -e .)"
+        print(f"{parser.prog} {number}")
+        parser.exit()
 
 
 # --------------------------------------------------------------------------- client side
@@ -226,8 +262,13 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     if command == "actionpolicy":
         if verb == "get":
             return post(args, "/jsorc/actionpolicy/get", {})
+        from policies.sources import absolute_ref  # only here: client start-up stays light
+
+        # A policy file's path is from this folder; the server checks it against the
+        # --policy-file paths it was started with.
         return post(args, "/jsorc/actionpolicy/set",
-                    {"policy_name": args.name, "policy_params": parse_params(args.params)})
+                    {"policy_name": absolute_ref(args.name),
+                     "policy_params": parse_params(args.params)})
     if command == "trackact":
         answer = post(args, f"/jsorc/trackact/{verb}", {})
         if verb == "stop" and args.out:

@@ -1,16 +1,27 @@
 """`jsorc loadtest`: JSORC's loadtest against a running jsorc server.
 
-    jsorc loadtest --app NAME [--clients N] [--duration S] [--trace FILE [--trace-format F]
-                   [--time-scale X]] [--out DIR]
+    jsorc loadtest --app NAME [--clients N] [--think-ms MS] [--duration S] [--grace S]
+                   [--trace FILE [--trace-format F] [--time-scale X] [--seed N]] [--out DIR]
 
 Closed loop (JSORC's design, the default): `--clients` threads each run the walker back to
 back for `--duration` seconds. Trace replay (`--trace`): every arrival of the trace runs the
 walker at its time (time 0 is the trace's first arrival, read by the same readers as the
-simulator: `jsorc_traces`), whatever is still running; `--duration` cuts the trace.
+simulator, a window at a time: `jsorc_traces.read_windows`), whatever is still running;
+`--duration` cuts the trace.
 
-It starts the server's benchmark and call tracking, drives the load, and prints JSORC's
-benchmark report (the server's measurement) with the client's own count of failures. With
-`--out` it writes `report.json`, `calls.parquet` (the action-call trace, the simulator's
+`--duration` is a hard bound in both modes: no walker run is sent after it, and answers are
+awaited `--grace` seconds more (default: `--timeout`, the time one request may take), so a
+run lasts at most duration + grace. What the bound cut off is counted, not dropped: trace
+arrivals the client could not send in time are "not sent", runs without an answer by the end
+are "unfinished" (rows of requests.parquet with the error "unfinished: ..."). When the server
+answered less than ANSWERED_WARN of what was offered, or the client fell more than LAG_WARN_S
+behind the trace, a warning giving both rates goes to stderr and into report.json and
+run.json (`warnings`). A progress line goes to stderr every few seconds.
+
+It starts the server's benchmark, drives the load, and prints JSORC's benchmark report (the
+server's measurement) with the client's own counts. The action calls are read by cursor
+(`/jsorc/trackact/calls`), so a `jsorc trackact` session the user started runs on untouched.
+With `--out` it writes `report.json`, `calls.parquet` (the action-call trace, the simulator's
 `calls` columns, which `jsorc-sim` can replay), `requests.parquet` (the client's view: its
 latency beside the server's `server_ms` of the same walker run, by `request_id`; the
 difference is the HTTP round trip) and `run.json` (what the run was: the workload, the
@@ -21,63 +32,41 @@ the server clock at the start that aligns the tables; jsorc_live.run_record).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
 import sys
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from jsorc_live import run_record
+from jsorc_live.load_clients import Bounds, ClientLog, Outcome, Times, closed_loop, replay
 
 REQUEST_COLUMNS = ("ts", "app", "latency_ms", "ok", "error", "request_id", "server_ms")
 OUT_FILES = "report.json, calls.parquet, requests.parquet, run.json"
-
-
-@dataclass
-class ClientLog:
-    """The client's view of every walker run it asked for (thread-safe appends)."""
-
-    started: float = field(default_factory=time.perf_counter)
-    rows: list[tuple[float, str, float, bool, str, int, float]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, sent: float, app: str, answered: float, ok: bool, error: str,
-            answer: Any = None) -> None:
-        """One walker run; `answer` is the server's JSON answer (its request_id and its own
-        latency_ms), when there was one."""
-        rid, server_ms = -1, math.nan
-        if isinstance(answer, dict):
-            if isinstance(answer.get("request_id"), int):
-                rid = answer["request_id"]
-            if isinstance(answer.get("latency_ms"), int | float):
-                server_ms = float(answer["latency_ms"])
-        with self.lock:
-            self.rows.append((sent - self.started, app, (answered - sent) * 1000.0, ok, error,
-                              rid, server_ms))
-
-    @property
-    def failures(self) -> int:
-        return sum(1 for row in self.rows if not row[3])
+ANSWERED_WARN = 0.9  # warn when the server answered (ok) less than this share of the offered
+LAG_WARN_S = 1.0  # warn when a trace's walker run went out more than this late
 
 
 def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("loadtest", parents=[client], help="drive a walker and report",
+    p = sub.add_parser("loadtest", parents=[client],
+                       help="drive a walker (closed loop or a trace) and report",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--app", required=True, help="the walker to run")
     p.add_argument("--clients", type=int, default=1, help="closed-loop clients (default 1)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="seconds of load, a hard bound (default 60)")
+    p.add_argument("--grace", type=float, default=None, metavar="S",
+                   help="seconds to wait for answers after --duration (default: --timeout); "
+                        "runs still unanswered then are counted unfinished")
     p.add_argument("--think-ms", type=float, default=0.0, help="pause between a client's runs")
     p.add_argument("--trace", help="replay this trace's arrivals instead of closed loop")
     p.add_argument("--trace-format", default="auto",
-                   help="auto | requests | azure2019 | azure2021 | azure_llm2023")
+                   help="auto | requests | azure2019 | azure2021 | azure_llm2023 | calls "
+                        "(jsorc_traces; default auto)")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply trace times (0.5 replays twice as fast)")
     p.add_argument("--seed", type=int, default=0, help="seed for spreading per-minute counts")
@@ -88,48 +77,65 @@ class LoadtestError(Exception):
     """Bad arguments or a trace that cannot be read: one line, exit code 2."""
 
 
+@dataclass(frozen=True)
+class Trace:
+    """The arrivals to replay, a window at a time, on the replay's clock (seconds from its
+    start, time-scaled, before the end of the duration)."""
+
+    windows: Callable[[], Iterator[Times]]
+
+
 def run(args: argparse.Namespace,
         post: Callable[[argparse.Namespace, str, dict[str, Any]], dict[str, Any]]) -> int:
     """Drive the load; `post(args, path, body)` is the CLI's admin call (raises on refusal)."""
-    if args.clients < 1:
-        raise LoadtestError(f"--clients must be >= 1, got {args.clients}")
-    if not args.duration > 0:
-        raise LoadtestError(f"--duration must be > 0 seconds, got {args.duration}")
-    arrivals = _arrivals(args) if args.trace else None
+    bounds = _check(args)
+    trace = _trace(args) if args.trace else None
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and any(out.iterdir()):
         raise LoadtestError(f"--out {out} is not empty")
     admin: run_record.Post = lambda path, body: post(args, path, body)  # noqa: E731
     # The record's reads (state before and after, the decision log while the load runs)
-    # happen only with --out: a plain loadtest asks the server nothing more than it did.
+    # happen only with --out: a plain loadtest asks the server nothing more than it needs.
     before = run_record.read_state(admin) if out is not None else None
     watch = run_record.DecisionWatch(admin, before.decisions if before else ())
+    # A cursor into the call log, not `trackact start`: that would restart (and our stop
+    # end) a tracking session the user has running.
+    mark = post(args, "/jsorc/trackact/calls", {}).get("cursor")
     wall_start, clock_start = run_record.wall_now(), time.perf_counter()
     server_start = post(args, "/jsorc/benchmark/start", {}).get("now")
-    post(args, "/jsorc/trackact/start", {})
     log = ClientLog()
+    url = args.server.rstrip("/") + "/walker_run"
     if out is not None:
         watch.start()
     try:
-        if arrivals is None:
-            _closed_loop(args, log)
+        if trace is None:
+            outcome = closed_loop(url, args.app, clients=args.clients, think_ms=args.think_ms,
+                                  timeout_s=args.timeout, bounds=bounds, log=log)
         else:
-            asyncio.run(_replay(args, arrivals, log))
+            outcome = replay(url, args.app, trace.windows(), timeout_s=args.timeout,
+                             bounds=bounds, log=log)
     finally:
         report = post(args, "/jsorc/benchmark/report", {})
-        calls = post(args, "/jsorc/trackact/stop", {}).get("calls", [])
+        calls = post(args, "/jsorc/trackact/calls", {"since": mark}).get("calls", [])
         post(args, "/jsorc/benchmark/stop", {})
-    benchmark = report.get("report", report)
-    summary = {"app": args.app, "mode": "trace" if arrivals is not None else "closed",
+    client = client_counts(log, outcome, bounds)
+    warnings = [w for w in (overload_warning(client),) if w]
+    for warning in warnings:
+        print(f"jsorc loadtest: warning: {warning}", file=sys.stderr)
+    summary = {"app": args.app, "mode": "trace" if trace is not None else "closed",
                "clients": args.clients, "duration_s": args.duration,
-               "walker_runs": len(log.rows), "failed": log.failures,
-               "calls_tracked": len(calls), "benchmark": benchmark}
+               "grace_s": bounds.grace_s, "walker_runs": client["sent"],
+               "failed": client["failed"], "unfinished": client["unfinished"],
+               "not_sent": client["not_sent"], "calls_tracked": len(calls),
+               "client": client, "warnings": warnings, "benchmark": report.get("report", report)}
     if out is not None and before is not None:
         elapsed = time.perf_counter() - clock_start
         base = _number(server_start)
         record = run_record.build(
-            workload=_workload(args, arrivals), server=args.server, start=before,
-            end=run_record.read_state(admin), decisions=watch.stop(), calls=calls,
+            workload=_workload(args, bounds, trace is not None, client, warnings),
+            server=args.server,
+            start=before, end=run_record.read_state(admin), decisions=watch.stop(),
+            calls=calls,
             # Both clocks are monotonic: the end is the start plus what the client measured.
             server_now=(base, None if base is None else base + elapsed),
             wall=(wall_start, run_record.wall_now(), elapsed))
@@ -143,16 +149,63 @@ def run(args: argparse.Namespace,
     return 0
 
 
-def _workload(args: argparse.Namespace, arrivals: list[float] | None) -> dict[str, Any]:
-    closed = arrivals is None
+def _check(args: argparse.Namespace) -> Bounds:
+    if args.clients < 1:
+        raise LoadtestError(f"--clients must be >= 1, got {args.clients}")
+    if not (args.duration > 0 and math.isfinite(args.duration)):
+        raise LoadtestError(f"--duration must be a number of seconds > 0, got {args.duration}")
+    grace = args.timeout if args.grace is None else args.grace
+    if not (grace >= 0 and math.isfinite(grace)):
+        raise LoadtestError(f"--grace must be a number of seconds >= 0, got {grace}")
+    if not (args.time_scale > 0 and math.isfinite(args.time_scale)):
+        raise LoadtestError(f"--time-scale must be a number > 0, got {args.time_scale}")
+    return Bounds(duration_s=float(args.duration), grace_s=float(grace))
+
+
+def client_counts(log: ClientLog, outcome: Outcome, bounds: Bounds) -> dict[str, Any]:
+    """The client's side of the run (pure but for the log's lock): walker runs offered,
+    sent, answered ok, failed, unfinished and not sent, the offered and answered rates over
+    the duration, and how far behind its schedule the client was at worst."""
+    counts = log.counts()
+    offered = max(outcome.offered, counts["sent"])
+    return {"offered": offered, "sent": counts["sent"], "ok": counts["ok"],
+            "failed": counts["failed"], "unfinished": counts["unfinished"],
+            "not_sent": outcome.not_sent,
+            "offered_per_s": round(offered / bounds.duration_s, 3),
+            "answered_per_s": round(counts["ok"] / bounds.duration_s, 3),
+            "max_lag_s": round(outcome.max_lag_s, 3)}
+
+
+def overload_warning(client: dict[str, Any]) -> str | None:
+    """A sentence when the server answered less than ANSWERED_WARN of what was offered, or
+    the client fell behind a trace by more than LAG_WARN_S; None otherwise (pure)."""
+    offered, ok = client["offered"], client["ok"]
+    short = offered > 0 and ok < ANSWERED_WARN * offered
+    behind = client["max_lag_s"] > LAG_WARN_S
+    if not (short or behind):
+        return None
+    share = ok / offered if offered else 1.0
+    text = (f"the server answered {client['answered_per_s']:g} walker runs/s of the "
+            f"{client['offered_per_s']:g}/s offered ({share:.0%}): {client['sent']} sent, "
+            f"{client['ok']} ok, {client['failed']} failed, {client['unfinished']} "
+            f"unfinished, {client['not_sent']} not sent")
+    if behind:
+        text += f"; the client fell up to {client['max_lag_s']:g} s behind the trace"
+    return text
+
+
+def _workload(args: argparse.Namespace, bounds: Bounds, replayed: bool,
+              client: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    closed = not replayed
     return {"app": args.app, "mode": "closed" if closed else "trace",
             "clients": args.clients if closed else None,
             "think_ms": args.think_ms if closed else None,
-            "duration_s": args.duration, "seed": args.seed,
+            "duration_s": args.duration, "grace_s": bounds.grace_s, "seed": args.seed,
             "trace": None if closed else os.path.abspath(args.trace),
             "trace_format": None if closed else args.trace_format,
             "time_scale": None if closed else args.time_scale,
-            "trace_arrivals": None if arrivals is None else len(arrivals)}
+            "trace_arrivals": None if closed else client["offered"],
+            "client": client, "warnings": warnings}
 
 
 def _number(value: Any) -> float | None:
@@ -160,98 +213,29 @@ def _number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
-def _arrivals(args: argparse.Namespace) -> list[float]:
+def _trace(args: argparse.Namespace) -> Trace:
+    """The trace, checked now (before the server is asked anything), read later a window at
+    a time."""
     import jsorc_traces
 
+    scale, duration = float(args.time_scale), float(args.duration)
     # Only the window is read (a day of per-minute counts is otherwise expanded whole); a hair
     # past it so no arrival with t * time_scale < duration is lost to rounding.
-    max_s = args.duration / args.time_scale * (1 + 1e-9) if args.time_scale > 0 else None
+    max_s = duration / scale * (1 + 1e-9)
     try:
-        trace = jsorc_traces.read_trace(args.trace, args.trace_format, seed=args.seed,
-                                        max_s=max_s)
+        windows = jsorc_traces.read_windows(args.trace, args.trace_format, seed=args.seed,
+                                            max_s=max_s)
     except (jsorc_traces.TraceError, ValueError) as exc:
         raise LoadtestError(str(exc)) from None
-    times = [t * args.time_scale for t in trace.ts.tolist()]
-    return [t for t in times if t < args.duration]
 
+    def scaled() -> Iterator[Times]:
+        for window in windows.windows():
+            times = window.ts * scale
+            times = times[times < duration]
+            if times.size:
+                yield times
 
-def _closed_loop(args: argparse.Namespace, log: ClientLog) -> None:
-    url = args.server.rstrip("/") + "/walker_run"
-    deadline = time.perf_counter() + args.duration
-
-    def client() -> None:
-        with httpx.Client(timeout=args.timeout) as http:
-            while time.perf_counter() < deadline:
-                _one(http, url, args.app, log)
-                if args.think_ms:
-                    time.sleep(args.think_ms / 1000.0)
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
-    for thread in threads:
-        thread.start()
-    _progress(deadline, args.duration, log)
-    for thread in threads:
-        thread.join(timeout=args.timeout + 5)
-
-
-def _one(http: httpx.Client, url: str, app: str, log: ClientLog) -> None:
-    sent = time.perf_counter()
-    answer = None
-    try:
-        response = http.post(url, json={"name": app, "ctx": {}})
-        ok = response.status_code < 400
-        error = "" if ok else f"HTTP {response.status_code}: {response.text[:120]}"
-        answer = _answer(response)
-    except httpx.HTTPError as exc:
-        ok, error = False, f"{type(exc).__name__}: {exc}"
-    log.add(sent, app, time.perf_counter(), ok, error, answer)
-
-
-def _answer(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:  # not JSON (a proxy's error page): no server figures for this run
-        return None
-
-
-async def _replay(args: argparse.Namespace, arrivals: list[float], log: ClientLog) -> None:
-    url = args.server.rstrip("/") + "/walker_run"
-    limits = httpx.Limits(max_connections=256)
-    async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as http:
-
-        async def one() -> None:
-            sent = time.perf_counter()
-            answer = None
-            try:
-                response = await http.post(url, json={"name": args.app, "ctx": {}})
-                ok = response.status_code < 400
-                error = "" if ok else f"HTTP {response.status_code}: {response.text[:120]}"
-                answer = _answer(response)
-            except httpx.HTTPError as exc:
-                ok, error = False, f"{type(exc).__name__}: {exc}"
-            log.add(sent, args.app, time.perf_counter(), ok, error, answer)
-
-        tasks = []
-        start = time.perf_counter()
-        for at in arrivals:
-            delay = start + at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
-
-
-def _progress(deadline: float, duration: float, log: ClientLog) -> None:
-    """A line on stderr every few seconds while the clients run (when it is a terminal)."""
-    tty = sys.stderr.isatty()
-    while (left := deadline - time.perf_counter()) > 0:
-        time.sleep(min(left, 5.0))
-        if tty:
-            print(f"\rloadtest: {duration - max(left, 0):5.0f}/{duration:g} s, "
-                  f"{len(log.rows)} walker runs, {log.failures} failed", end="",
-                  file=sys.stderr, flush=True)
-    if tty:
-        print(file=sys.stderr)
+    return Trace(scaled)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -264,7 +248,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"loadtest {summary['app']} ({summary['mode']}, {summary['clients']} client(s), "
              f"{summary['duration_s']:g} s): {summary['walker_runs']} walker runs, "
-             f"{summary['failed']} failed, {summary['calls_tracked']} action calls tracked"]
+             f"{summary['failed']} failed, {summary['unfinished']} unfinished, "
+             f"{summary['not_sent']} not sent, {summary['calls_tracked']} action calls "
+             "tracked"]
     for i, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
                                for j, (c, w) in enumerate(zip(row, widths, strict=True))))

@@ -35,12 +35,13 @@ def add_commands(sub: Any, client: argparse.ArgumentParser,
     track = sub.add_parser("tracksys", help="CPU, memory and network of the runtime and "
                            "every replica over a window").add_subparsers(dest="verb",
                                                                          required=True)
-    for verb in ("start", "stop", "report"):
-        track.add_parser(verb, parents=[client])
+    for verb, about in (("start", "start sampling"), ("stop", "stop sampling; the report"),
+                        ("report", "the window so far: a row per process")):
+        track.add_parser(verb, parents=[client], help=about)
     service = sub.add_parser("service", help="keep-alive services (prometheus, redis)"
                              ).add_subparsers(dest="verb", required=True)
     a = service.add_parser("refresh", parents=[client], help="restart a keep-alive service")
-    a.add_argument("name")
+    a.add_argument("name", help="prometheus or redis")
     service.add_parser("status", parents=[client], help="every keep-alive service")
 
 

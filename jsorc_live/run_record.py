@@ -18,6 +18,9 @@ Layout (format "jsorc-run/1"; every key is always present, unknown values are nu
     format, app, mode ("closed" | "trace"), clients, think_ms, duration_s, seed,
     trace (null, or the trace file's absolute path), trace_format, time_scale,
     trace_arrivals (the arrivals replayed, after --duration cut the trace),
+    grace_s (answers awaited after the duration), client: {offered, sent, ok, failed,
+    unfinished, not_sent, offered_per_s, answered_per_s, max_lag_s}, warnings (sentences:
+    the server answered too little of what was offered; jsorc_live.loadtest),
     placements (= placements_at_start), policy (null, or {name, params, interval_s} when
     the controller is on with a policy that places actions), changes (the decisions that
     changed a placement, from the start on),

@@ -440,6 +440,14 @@ class Runtime:
     def track_active(self) -> bool:
         return bool(self._track["active"])
 
+    def calls_since(self, cursor: int | None) -> tuple[list[dict[str, Any]], int]:
+        """The call rows after `cursor` (none when it is None) and the cursor now. A reader
+        of its own window (jsorc loadtest) so leaves a user's `trackact` session alone."""
+        if cursor is None:
+            return [], self.calls.cursor
+        rows, now = self.calls.since(cursor)
+        return [dict(zip(CALL_COLUMNS, row, strict=True)) for row in rows], now
+
     # ----------------------------------------------------------------- shutdown
 
     def close(self) -> None:

@@ -1,9 +1,11 @@
 """`jsorc-sim`: simulate a scenario, run experiments, tune policies, list policies.
 
-    jsorc-sim run SCENARIO.toml [--app NAME] [--policy NAME|module:Class] [--param k=v]...
-                  [--set dotted.path=value]... [--duration S] [--seed N] [--out DIR] [--json]
-                  [--record {calls,requests,none}] [--fast {auto,on,off}]
+    jsorc-sim run SCENARIO.toml [--app NAME] [--policy NAME|module:Class|file.py:Class]
+                  [--param k=v]... [--set dotted.path=value]... [--duration S] [--seed N]
+                  [--out DIR] [--json] [--record {calls,requests,none}] [--fast {auto,on,off}]
+                  [--strict]
     jsorc-sim policies [--json]
+    jsorc-sim trace info FILE [--format F] [--top N] [--json] [--plot PNG]
     jsorc-sim experiment FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
     jsorc-sim tune FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
     jsorc-sim calibrate DIR [DIR ...] --out SCENARIO.toml [--base SCENARIO.toml]
@@ -11,7 +13,9 @@
                        [--reuse-runs]
 
 Bad input (a scenario, trace, policy or parameter that cannot be used) exits with code 2 and
-one message naming the bad value; nothing is written to --out then.
+one message naming the bad value; nothing is written to --out then. A run in which policy
+decisions failed says so on stderr (how many, and the first error with its file and line)
+and exits 0, or 1 with --strict.
 
 --out DIR (`.` included) receives only jsorc's own files (the tables, report.json,
 scenario.toml and manifest.json, which records what jsorc wrote); other files there are left
@@ -25,7 +29,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jsorc_sim.fastpath import FastPathError
@@ -34,14 +38,14 @@ from jsorc_sim.recorder import RECORD_MODES
 from jsorc_sim.results import check_out
 from jsorc_sim.scenario import ScenarioError, parse_value
 from jsorc_sim.simulate import simulate
-from policies import PlacementError, PolicyError, describe, names, resolve
+from policies import PlacementError, PolicyError, describe, names, package_of, resolve
 
 EXIT_BAD_INPUT = 2
 UNFINISHED_WARNING = 0.01  # warn when more than this share of arrivals is unfinished
 #: The commands whose parser this module builds itself. experiment, tune and validate build
 #: their own, and are imported only when the command line is not one of these (one of
 #: theirs, --help, a typo): `jsorc-sim run` would spend ~60 ms of its start-up on them.
-OWN_COMMANDS = ("run", "calibrate", "policies")
+OWN_COMMANDS = ("run", "calibrate", "policies", "trace")
 
 
 class BadInput(Exception):
@@ -50,7 +54,7 @@ class BadInput(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # The top-level parser takes no option but --help, so a command comes first.
+    # The top-level parser takes no option but --help and --version, so a command comes first.
     parser = _parser(others=not argv or argv[0] not in OWN_COMMANDS)
     args = parser.parse_args(argv)
     try:
@@ -90,12 +94,14 @@ def _bad_input_elsewhere(exc: Exception) -> bool:
 def _parser(others: bool = True) -> argparse.ArgumentParser:
     """The command line; without `others`, only the commands this module builds itself."""
     parser = argparse.ArgumentParser(prog="jsorc-sim", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version, help="print jsorc's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="simulate a scenario and print JSORC's benchmark report")
     run.add_argument("scenario", help="scenario TOML file")
     run.add_argument("--app", help="restrict the workload to one app")
-    run.add_argument("--policy", help="policy name or module:Class (default: the scenario's)")
+    run.add_argument("--policy", help="policy name, module:Class or path/to/file.py:Class "
+                     "(a path from the current folder; default: the scenario's)")
     run.add_argument("--param", action="append", default=[], metavar="K=V",
                      help="policy parameter, repeatable")
     run.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
@@ -120,6 +126,10 @@ def _parser(others: bool = True) -> argparse.ArgumentParser:
                      "elsewhere; off runs SimPy only; on is auto but refuses a scenario the "
                      "fast path can never run. The report says which path ran")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument("--strict", action="store_true",
+                     help="exit 1 when any policy decision failed (raised, or returned "
+                     "something that is not a valid Decision); without it the run exits 0 "
+                     "and says so on stderr")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.set_defaults(handler=_run)
 
@@ -141,10 +151,68 @@ def _parser(others: bool = True) -> argparse.ArgumentParser:
                      help="keep this scenario's values where the runs are too few to fit")
     cal.set_defaults(handler=_calibrate)
 
+    _add_trace_parser(sub)
+
     pol = sub.add_parser("policies", help="list every policy with its parameters and defaults")
-    pol.add_argument("--json", action="store_true")
+    pol.add_argument("--json", action="store_true", help="print the list as JSON")
     pol.set_defaults(handler=_policies)
     return parser
+
+
+def _add_trace_parser(sub: Any) -> None:
+    """`jsorc-sim trace info`; its logic (and pandas) is imported only when it runs."""
+    trace = sub.add_parser("trace", help="look at a trace file before replaying it")
+    trace_sub = trace.add_subparsers(dest="trace_command", required=True)
+    info = trace_sub.add_parser(
+        "info", help="what a trace holds: format, streams, calls, span, rate over time",
+        description="Format detected, streams (count, the busiest by calls with their share), "
+        "total calls, span, mean and peak (busiest minute) rate, and the rate over time. "
+        "Per-minute files are read as counts, never expanded. A bad file exits 2.")
+    info.add_argument("file", help="trace file (any format of the README's Trace formats)")
+    info.add_argument("--format", default="auto", dest="trace_format",
+                      choices=("auto", "requests", "azure2019", "azure2021", "azure_llm2023",
+                               "calls"), help="the trace's format (default: detected)")
+    info.add_argument("--top", type=int, default=10, help="busiest streams listed (10)")
+    info.add_argument("--json", action="store_true", help="print the info as JSON")
+    info.add_argument("--plot", metavar="PNG", help="also draw calls/s per minute into PNG")
+    info.set_defaults(handler=_trace_info)
+
+
+def _trace_info(args: argparse.Namespace) -> int:
+    from jsorc_sim.trace_info import format_info, plot_rate, trace_info
+
+    if args.top < 1:
+        raise BadInput(f"--top must be >= 1, got {args.top}")
+    info = trace_info(args.file, args.trace_format, top=args.top)
+    print(json.dumps(info.to_json(), indent=2) if args.json else format_info(info))
+    if args.plot:
+        try:
+            plot_rate(info, args.plot)
+        except OSError as exc:
+            raise BadInput(f"--plot {args.plot}: cannot write: {exc.strerror or exc}") from None
+        if not args.json:
+            print(f"\nwrote {args.plot}")
+    return 0
+
+
+class _Version(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked (an import
+    that every start would pay otherwise)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("jsorc")
+        except PackageNotFoundError:
+            number = "unknown (not installed: pip install -e .)"
+        print(f"{parser.prog} {number}")
+        parser.exit()
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -189,6 +257,12 @@ def _run(args: argparse.Namespace) -> int:
     warning = unfinished_warning(report)
     if warning:
         print(f"jsorc-sim: warning: {warning}", file=sys.stderr)
+    failures = policy_failures(result.policy, result.recorder.events,
+                               result.recorder.policy_steps)
+    if failures and result.status == "ok":  # a stopped run's own line below names its error
+        print(f"jsorc-sim: {failures}", file=sys.stderr)
+    for warning in report.get("warnings", []):  # the run's own (Result.report, warm-up)
+        print(f"jsorc-sim: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -201,7 +275,18 @@ def _run(args: argparse.Namespace) -> int:
     if result.status != "ok":
         print(f"jsorc-sim: {result.status}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if failures and args.strict else 0
+
+
+def policy_failures(policy: str, events: Sequence[Mapping[str, Any]], decisions: int) -> str:
+    """One line when any decision failed: how many, of how many, and the first error (its
+    message names the file and line), else "". `events` are the run's events table rows."""
+    failed = [e for e in events if e["kind"] == "policy_error"]
+    if not failed:
+        return ""
+    first = failed[0]
+    return (f"policy {policy!r} failed {len(failed)} times (of {decisions} decisions); first "
+            f"at t={float(first['ts']):g} s: {first['detail']}")
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -293,14 +378,15 @@ def _policies(args: argparse.Namespace) -> int:
         cls = resolve(name)
         # The docstring's first paragraph, which may wrap over several lines.
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-        listing[name] = {"doc": doc, "params": [
+        listing[name] = {"doc": doc, "package": package_of(name), "params": [
             {"name": p.name, "type": p.type, "default": p.default, "doc": p.doc,
              "minimum": p.minimum, "maximum": p.maximum} for p in describe(name)]}
     if args.json:
         print(json.dumps(listing, indent=2, default=str))
         return 0
     for name, info in listing.items():
-        print(f"{name}: {info['doc']}")
+        source = f" (from package {info['package']})" if info["package"] else ""
+        print(f"{name}{source}: {info['doc']}")
         for p in info["params"]:
             bounds = ""
             if p["minimum"] is not None or p["maximum"] is not None:

@@ -16,7 +16,7 @@ import simpy
 
 from jsorc_sim.observe import Observer
 from jsorc_sim.runtime import Runtime
-from policies import Policy, check_decision
+from policies import Decision, Observation, PlacementError, Policy, check_decision
 
 
 class PolicyFailure(RuntimeError):
@@ -30,17 +30,15 @@ def control(env: simpy.Environment, runtime: Runtime, policy: Policy, interval_s
     last_reason = ""
     while True:
         observation = observer.observe(interval_s)
-        try:
-            decision = check_decision(policy.decide(observation), runtime.actions)
-        except Exception as exc:  # a user's policy can fail in any way: record, don't crash
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            message = f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"
+        recorder.policy_steps += 1
+        decision, message, failure = _decide(policy, observation, runtime)
+        if decision is None:
             recorder.decision(env.now, "", "", "", name, "policy failed; placement kept",
                               message)
             recorder.event(env.now, "policy_error", message)
             if on_error == "stop":
                 raise PolicyFailure(f"policy {name!r} failed at t={env.now:g}s: {message}") \
-                    from exc
+                    from failure
         else:
             changed = False
             for action, placement in decision.placements.items():
@@ -52,6 +50,31 @@ def control(env: simpy.Environment, runtime: Runtime, policy: Policy, interval_s
         if runtime.fast is not None:
             runtime.fast.stepped("control", env.now + interval_s)
         yield env.timeout(interval_s)
+
+
+def _decide(policy: Policy, observation: Observation, runtime: Runtime
+            ) -> tuple[Decision | None, str, Exception | None]:
+    """The policy's checked decision, or None with the failure and its one-line message:
+    `Type: message (at file:line)` where it raised, or what it returned and where its
+    decide is (`got dict: {...} (returned by Mine.decide at mine.py:12)`)."""
+    try:
+        returned = policy.decide(observation)
+    except Exception as exc:  # a user's policy can fail in any way: record, don't crash
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return None, f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})", exc
+    try:
+        return check_decision(returned, runtime.actions), "", None
+    except PlacementError as exc:
+        # The check's own line says nothing; the policy's decide is where to look.
+        return None, f"{type(exc).__name__}: {exc} (returned by {_decide_at(policy)})", exc
+
+
+def _decide_at(policy: Policy) -> str:
+    """`Class.decide at file:line`, where the policy's decide is defined."""
+    decide = getattr(type(policy), "decide", None)
+    code = getattr(decide, "__code__", None)
+    where = f" at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+    return f"{type(policy).__qualname__}.decide{where}"
 
 
 def sample_timeline(env: simpy.Environment, runtime: Runtime, every_s: float, *,

@@ -97,6 +97,10 @@ def service_maker(dist: Dist, base_dir: Path) -> ServiceMaker:
         samples = read_samples(base_dir / dist.file, dist.column)
         sample_mean = float(samples.mean())
         return lambda rng: Sampler(lambda n: rng.choice(samples, n), sample_mean)
+    if dist.dist == "percentiles":
+        from jsorc_sim.trace_streams import percentile_sampler
+
+        return percentile_sampler(base_dir / dist.file, dist.function)
     raise ValueError(f"unknown distribution {dist.dist!r}")
 
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from jsorc_sim import outputs
 from jsorc_sim.results import COST_METRICS, RUN_KIND, WALKER_METRICS, version
 from jsorc_sim.scenario import Scenario, ScenarioError, from_dict, load, read_toml, set_path
-from policies import PolicyError, make
+from policies import PolicyError, absolute_ref, make
 
 if TYPE_CHECKING:
     # pandas and scipy cost ~1 s to import; `jsorc-sim run` builds this module's parser
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 METRICS = (*WALKER_METRICS, *COST_METRICS)
-PLOTS = ("summary", "speedup", "timeline")
+PLOTS = ("summary", "speedup", "timeline", "cost")
 TEST = "paired two-sided t-test on the per-seed differences (same seeds, same arrivals)"
 
 
@@ -125,7 +125,10 @@ _TOP = {"name", "seeds", "duration_s", "baseline", "metrics", "save_tables", "pl
 
 
 def load_experiment(path: str | Path, traces_dir: str | Path | None = None) -> Experiment:
-    """Read an experiment file; `traces_dir` (or $JSORC_TRACES) overrides the file's."""
+    """Read and check an experiment file; `traces_dir` (or $JSORC_TRACES) overrides the
+    file's. Every problem is found in one pass and raised in one ExperimentError: the file's
+    own (fields, metrics, plots, policies, labels, baseline) together with its scenarios'
+    (files, apps, overrides, grid values, traces), which need the cells expanded (`cells`)."""
     path = Path(path)
     text, raw = read_toml(path, ExperimentError)
     problems: list[str] = []
@@ -141,7 +144,10 @@ def load_experiment(path: str | Path, traces_dir: str | Path | None = None) -> E
     for metric in metrics if isinstance(metrics, list) else [metrics]:
         if metric not in METRICS:
             problems.append(f"metrics: unknown metric {metric!r} (metrics: {', '.join(METRICS)})")
-    plots = raw.get("plots", ["summary"])
+    # Without `plots`: the summary, and latency against cost once there is a choice to make.
+    entries = raw.get("policy")
+    plots = raw.get("plots", ["summary", "cost"] if isinstance(entries, list)
+                    and len(entries) >= 2 else ["summary"])
     for plot in plots if isinstance(plots, list) else [plots]:
         if plot not in PLOTS:
             problems.append(f"plots: unknown plot {plot!r} (plots: {', '.join(PLOTS)})")
@@ -149,9 +155,10 @@ def load_experiment(path: str | Path, traces_dir: str | Path | None = None) -> E
     if duration is not None and (isinstance(duration, bool)
                                  or not isinstance(duration, int | float) or duration <= 0):
         problems.append(f"duration_s must be a positive number, got {duration!r}")
+        duration = None
     scenarios = [_scenario_entry(entry, i, here, problems)
                  for i, entry in enumerate(_tables(raw, "scenario", problems))]
-    policies = [_policy_entry(entry, i, problems)
+    policies = [_policy_entry(entry, i, here, problems)
                 for i, entry in enumerate(_tables(raw, "policy", problems))]
     labels = [p.label for p in policies]
     for label in sorted({x for x in labels if labels.count(x) > 1}):
@@ -163,14 +170,21 @@ def load_experiment(path: str | Path, traces_dir: str | Path | None = None) -> E
         problems.append(f"traces_dir must be a path, got {raw['traces_dir']!r}")
     chosen = traces_dir or os.environ.get("JSORC_TRACES") or raw.get("traces_dir") \
         or "../shared/traces"
-    if problems:
-        raise ExperimentError(str(path), problems)
-    return Experiment(
+    exp = Experiment(
         name=str(raw.get("name", path.stem)), path=path, text=text, seeds=tuple(seeds),
-        scenarios=tuple(scenarios), policies=tuple(policies), metrics=tuple(metrics),
+        scenarios=tuple(s for s in scenarios if s is not None), policies=tuple(policies),
+        metrics=tuple(metrics) if isinstance(metrics, list) else (str(metrics),),
         duration_s=float(duration) if duration is not None else None, baseline=baseline,
-        save_tables=bool(raw.get("save_tables", False)), plots=tuple(plots),
+        save_tables=bool(raw.get("save_tables", False)),
+        plots=tuple(plots) if isinstance(plots, list) else (str(plots),),
         traces_dir=Path(str(chosen)).expanduser().resolve())
+    # The scenarios are expanded even when the file has problems of its own, so that one
+    # pass names them all (a scenario entry without a file is left out: it is named above).
+    # Expanding builds no policy, so a bad policy entry cannot hide a scenario problem.
+    _expand(exp, problems)
+    if problems:
+        raise ExperimentError(str(path), list(dict.fromkeys(problems)))
+    return exp
 
 
 def _tables(raw: Mapping[str, Any], key: str, problems: list[str]) -> list[Mapping[str, Any]]:
@@ -184,14 +198,15 @@ def _tables(raw: Mapping[str, Any], key: str, problems: list[str]) -> list[Mappi
 
 
 def _scenario_entry(entry: Mapping[str, Any], i: int, here: Path,
-                    problems: list[str]) -> ScenarioEntry:
+                    problems: list[str]) -> ScenarioEntry | None:
+    """The entry, or None when it names no file (a problem says so)."""
     where = f"scenario[{i}]"
     for key in sorted(set(entry) - {"file", "label", "apps", "set", "grid"}):
         problems.append(f"{where}: unknown field {key!r} (known: apps, file, grid, label, set)")
     file = entry.get("file")
     if not isinstance(file, str):
         problems.append(f"{where}: file = \"path/to/scenario.toml\" is required")
-        file = ""
+        file = None
     apps = entry.get("apps", [])
     if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
         problems.append(f"{where}.apps must be a list of app names, got {apps!r}")
@@ -205,11 +220,14 @@ def _scenario_entry(entry: Mapping[str, Any], i: int, here: Path,
                                                 for v in grid.values()):
         problems.append(f"{where}.grid must map field paths to non-empty lists, got {grid!r}")
         grid = {}
+    if file is None:
+        return None
     return ScenarioEntry(here / file, str(entry.get("label", "")), tuple(apps), dict(fixed),
                          {k: tuple(v) for k, v in grid.items()})
 
 
-def _policy_entry(entry: Mapping[str, Any], i: int, problems: list[str]) -> PolicyEntry:
+def _policy_entry(entry: Mapping[str, Any], i: int, here: Path,
+                  problems: list[str]) -> PolicyEntry:
     where = f"policy[{i}]"
     for key in sorted(set(entry) - {"name", "label", "params", "only"}):
         problems.append(f"{where}: unknown field {key!r} (known: label, name, only, params)")
@@ -221,7 +239,11 @@ def _policy_entry(entry: Mapping[str, Any], i: int, problems: list[str]) -> Poli
     if not isinstance(params, Mapping):
         problems.append(f"{where}.params must be a table, got {params!r}")
         params = {}
+    label = str(entry.get("label", name))
     try:
+        # A policy file's path is from the experiment file's folder, like its scenarios'; made
+        # absolute here because the cells carry it to worker processes.
+        name = absolute_ref(name, here)
         make(name, params)
     except PolicyError as exc:
         problems.append(f"{where}: {exc}")
@@ -229,8 +251,7 @@ def _policy_entry(entry: Mapping[str, Any], i: int, problems: list[str]) -> Poli
     if not isinstance(only, Mapping) or not all(isinstance(v, list) for v in only.values()):
         problems.append(f"{where}.only must map grid fields to lists, got {only!r}")
         only = {}
-    return PolicyEntry(name, str(entry.get("label", name)), dict(params),
-                       {k: tuple(v) for k, v in only.items()})
+    return PolicyEntry(name, label, dict(params), {k: tuple(v) for k, v in only.items()})
 
 
 # ----------------------------------------------------------------------------- cells
@@ -239,6 +260,14 @@ def _policy_entry(entry: Mapping[str, Any], i: int, problems: list[str]) -> Poli
 def cells(exp: Experiment) -> list[Cell]:
     """Every cell of the experiment, each checked; raises ExperimentError listing problems."""
     problems: list[str] = []
+    out = _expand(exp, problems)
+    if problems:
+        raise ExperimentError(str(exp.path), list(dict.fromkeys(problems)))
+    return out
+
+
+def _expand(exp: Experiment, problems: list[str]) -> list[Cell]:
+    """The cells of every scenario variant, appending each scenario problem to `problems`."""
     out: list[Cell] = []
     traces_seen: dict[tuple[str, str], Any] = {}
     for entry in exp.scenarios:
@@ -279,8 +308,6 @@ def cells(exp: Experiment) -> list[Cell]:
                     for seed in exp.seeds:
                         out.append(_cell(label, app, point, policy, seed, trace, table,
                                          base.base_dir))
-    if problems:
-        raise ExperimentError(str(exp.path), list(dict.fromkeys(problems)))
     return out
 
 
@@ -346,9 +373,13 @@ def run_cell(cell: Cell, tables_dir: str | None = None) -> dict[str, Any]:
                           app=cell.app or None)
         if tables_dir:
             result.save(tables_dir)
+        failed = [e for e in result.recorder.events if e["kind"] == "policy_error"]
         return {"status": "ok" if result.status == "ok" else "error",
                 "error": "" if result.status == "ok" else result.status,
-                "report": result.report(), "wall_s": time.perf_counter() - started}
+                "report": result.report(), "wall_s": time.perf_counter() - started,
+                # The first failed decision, for the experiment's list of policy errors.
+                "first_policy_error": f"t={failed[0]['ts']:g} s: {failed[0]['detail']}"
+                if failed else ""}
     except Exception as exc:  # a cell's failure is data: recorded, the others go on
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=6), "report": None,
@@ -364,6 +395,8 @@ class ExperimentResult:
     ran: int
     skipped: int
     failed: int
+    warnings: tuple[str, ...] = ()  # the runs' own (warm-up longer than a trace), per variant
+    policy_errors: tuple[str, ...] = ()  # per policy: failed decisions and the first error
 
 
 def run_experiment(exp: Experiment, out: str | Path | None = None, *, workers: int | None = None,
@@ -393,14 +426,63 @@ def run_experiment(exp: Experiment, out: str | Path | None = None, *, workers: i
     _write_text(out / "summary.csv", summary.to_csv(index=False))
     if exp.baseline:
         _write_text(out / "paired.csv", paired.to_csv(index=False))
-    _plots(exp, all_cells, summary, out, svg)
+    _plots(exp, all_cells, summary, paired, out, svg)
     failed = int((results.drop_duplicates("cell")["status"] != "ok").sum()) if len(results) \
         else 0
     manifest = _manifest(exp, started, total=len(all_cells), ran=len(todo),
                          failed=failed, workers=workers, scheduler=scheduler)
+    found = run_warnings(all_cells, cell_dir)
+    manifest["warnings"] = list(found)
+    errors = policy_errors(exp, all_cells, cell_dir)
+    manifest["policy_errors"] = list(errors)
     _write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return ExperimentResult(out, results, summary, paired, len(todo),
-                            len(all_cells) - len(todo), failed)
+                            len(all_cells) - len(todo), failed, found, errors)
+
+
+def run_warnings(all_cells: Sequence[Cell], cell_dir: Path) -> tuple[str, ...]:
+    """The warnings the cells' reports carry (jsorc_sim.results.warmup_warning), one per
+    scenario variant and app: the same warm-up under every policy and seed says one thing."""
+    found: dict[str, tuple[str, int]] = {}
+    for cell in all_cells:
+        path = cell_dir / f"{cell.key}.json"
+        if not path.exists():
+            continue
+        report = json.loads(path.read_text()).get("report") or {}
+        for warning in report.get("warnings", []):
+            where = " ".join(p for p in (cell.scenario, cell.app, _grid_text(cell.grid)) if p)
+            first, count = found.get(where, (warning, 0))
+            found[where] = (first, count + 1)
+    return tuple(f"scenario {where}: {warning} ({count} cell{'s' * (count != 1)})"
+                 for where, (warning, count) in found.items())
+
+
+def policy_errors(exp: Experiment, all_cells: Sequence[Cell], cell_dir: Path
+                  ) -> tuple[str, ...]:
+    """Per policy whose decisions failed in any cell: how many failed, in how many cells, and
+    the first error of its first such cell (the message names the file and line)."""
+    found: dict[str, tuple[str, int, int]] = {}  # label: (first, decisions failed, cells)
+    for cell in all_cells:
+        path = cell_dir / f"{cell.key}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        count = int(((record.get("report") or {}).get("cost") or {}).get("policy_errors", 0))
+        if not count:
+            continue
+        where = " ".join(p for p in (cell.scenario, cell.app, _grid_text(cell.grid),
+                                     f"seed {cell.seed}") if p)
+        first = f"{where}, {record.get('first_policy_error') or 'no message kept'}"
+        known, total, cells_failed = found.get(cell.policy, (first, 0, 0))
+        found[cell.policy] = (known, total + count, cells_failed + 1)
+    order = [p.label for p in exp.policies if p.label in found]
+    return tuple(f"policy {label}: {found[label][1]} failed decisions in {found[label][2]} "
+                 f"cell{'s' * (found[label][2] != 1)}; first: {found[label][0]}"
+                 for label in order)
+
+
+def _grid_text(grid: tuple[tuple[str, Any], ...]) -> str:
+    return " ".join(f"{k}={v}" for k, v in grid)
 
 
 def _claim(out: Path, exp: Experiment, overwrite: bool) -> None:
@@ -438,7 +520,7 @@ def _experiment_in(out: Path) -> str | None:
 #: What an experiment writes at the top of its folder (besides cells/): `--overwrite`
 #: deletes these and nothing else.
 _OUTPUTS = ("manifest.json", "results.parquet", "summary.csv", "paired.csv", "summary.*",
-            "speedup.*", "timeline_*.*")
+            "speedup.*", "timeline_*.*", "cost.*")
 
 
 def _clear(out: Path) -> None:
@@ -621,46 +703,96 @@ def headline(exp: Experiment, summary: pd.DataFrame, paired: pd.DataFrame) -> st
         return f"no results for {metric}"
     stat = {"policy", "metric", "n", "mean", "std", "ci95_low", "ci95_high"}
     index = [c for c in rows.columns if c not in stat]
+    errors = _policy_error_counts(summary, index)
+
+    def failed(row: pd.Series, policy: str) -> int:
+        return errors.get((*(str(row[c]) for c in index), policy), 0)
 
     def shown(row: pd.Series) -> str:
+        # A value whose policy failed is not the policy's value: say so beside it.
+        n_failed = failed(row, row["policy"])
         if math.isnan(row["mean"]):
-            return "no data"
+            return f"policy error ({n_failed})" if n_failed else "no data"
         if math.isnan(row["ci95_high"]):
-            return f"{row['mean']:.1f}"
-        return f"{row['mean']:.1f} ± {row['ci95_high'] - row['mean']:.1f}"
+            value = f"{row['mean']:.1f}"
+        else:
+            value = f"{row['mean']:.1f} ± {row['ci95_high'] - row['mean']:.1f}"
+        return f"{value}, policy error ({n_failed})" if n_failed else value
 
     table = rows.assign(shown=rows.apply(shown, axis=1)).pivot_table(
         index=index, columns="policy", values="shown", aggfunc="first", sort=False)
     table = table[[p.label for p in exp.policies if p.label in table.columns]]
-    text = (f"{metric} (mean ± 95 % CI half-width over seeds "
-            f"{', '.join(map(str, exp.seeds))})\n{table.to_string()}")
+    text = f"{metric} ({_over_seeds(exp.seeds)})\n{table.to_string()}"
     if not paired.empty:
         mine = paired[paired["metric"] == metric]
         if not mine.empty:
-            wide = mine.assign(shown=mine.apply(
-                lambda r: "no data" if math.isnan(r["mean_diff"])
-                else f"{r['mean_diff']:+.1f} (p={r['p_value']:.2g})", axis=1)).pivot_table(
+            def paired_shown(r: pd.Series) -> str:
+                n_failed = failed(r, r["policy"]) or failed(r, exp.baseline)
+                if math.isnan(r["mean_diff"]):
+                    return f"policy error ({n_failed})" if n_failed else "no data"
+                diff = paired_text(r["mean_diff"], r["p_value"], r["n"])
+                return f"{diff}, policy error ({n_failed})" if n_failed else diff
+
+            wide = mine.assign(shown=mine.apply(paired_shown, axis=1)).pivot_table(
                 index=index, columns="policy", values="shown", aggfunc="first", sort=False)
             text += (f"\n\nminus {exp.baseline}, paired by seed ({TEST}):\n"
                      f"{wide.to_string()}")
     return text
 
 
-def _plots(exp: Experiment, all_cells: Sequence[Cell], summary: pd.DataFrame, out: Path,
-           svg: bool) -> None:
+def _policy_error_counts(summary: pd.DataFrame, index: list[str]
+                         ) -> dict[tuple[str, ...], int]:
+    """Failed decisions over the seeds of each group (index values as text, then policy), from
+    the summary's policy_errors rows (mean × n); the groups with none are left out."""
+    rows = summary[summary["metric"] == "policy_errors"]
+    counts: dict[tuple[str, ...], int] = {}
+    for _, row in rows.iterrows():
+        total = 0.0 if math.isnan(row["mean"]) else float(row["mean"]) * int(row["n"])
+        if round(total) > 0:
+            counts[(*(str(row[c]) for c in index), str(row["policy"]))] = round(total)
+    return counts
+
+
+def _over_seeds(seeds: Sequence[int]) -> str:
+    if len(seeds) == 1:  # a mean of one value has no spread, hence no interval
+        return f"one seed (no CI): seed {seeds[0]}"
+    return f"mean ± 95 % CI half-width over seeds {', '.join(map(str, seeds))}"
+
+
+def paired_text(mean_diff: float, p_value: float, n: int) -> str:
+    """A paired difference as the summary shows it. Pure. The t-test has no p-value when the
+    differences do not vary (deterministic cells, or one seed): the text says why instead
+    of "p=nan", and "same" when there is no difference at all."""
+    if math.isnan(p_value):
+        if mean_diff == 0:
+            return "same"
+        return f"{mean_diff:+.1f} ({'one seed' if n < 2 else 'on every seed'})"
+    return f"{mean_diff:+.1f} (p={p_value:.2g})"
+
+
+def _plots(exp: Experiment, all_cells: Sequence[Cell], summary: pd.DataFrame,
+           paired: pd.DataFrame, out: Path, svg: bool) -> None:
     if not exp.plots:
         return
     from jsorc_sim import plots  # matplotlib only when plots are asked for
 
+    # One colour per policy label, the file's order, in every figure of the experiment.
+    colours = plots.policy_colours([p.label for p in exp.policies])
+    latency = next((m for m in exp.metrics if m.endswith("_latency")), "average_latency")
+    several = summary["policy"].nunique() >= 2 if not summary.empty else False
     suffixes = (".png", ".svg") if svg else (".png",)
     for suffix in suffixes:
         if "summary" in exp.plots and not summary.empty:
-            plots.summary_plot(summary, exp.metrics[0], out / f"summary{suffix}")
+            plots.summary_plot(summary, exp.metrics[0], out / f"summary{suffix}",
+                               colours=colours)
         if "speedup" in exp.plots and exp.baseline and not summary.empty:
-            plots.speedup_plot(summary, exp.baseline, out / f"speedup{suffix}")
+            plots.speedup_plot(summary, exp.baseline, out / f"speedup{suffix}",
+                               colours=colours, paired=paired if not paired.empty else None)
+        if "cost" in exp.plots and several:
+            plots.cost_plot(summary, out / f"cost{suffix}", latency=latency, colours=colours)
         if "timeline" in exp.plots and exp.save_tables:
             for name, runs in _timeline_groups(all_cells, out / "cells").items():
-                plots.timeline_plot(runs, out / f"timeline_{name}{suffix}")
+                plots.timeline_plot(runs, out / f"timeline_{name}{suffix}", colours=colours)
 
 
 def _timeline_groups(all_cells: Sequence[Cell], cell_dir: Path) -> dict[str, dict[str, Path]]:
@@ -752,6 +884,11 @@ def _cli(args: argparse.Namespace) -> int:
     print(f"experiment {exp.name}: {done.ran} cells run, {done.skipped} already done"
           + (f", {done.failed} failed (see cells/*.json)" if done.failed else ""))
     print(headline(exp, done.summary, done.paired))
+    if done.policy_errors:  # also in manifest.json
+        print("\npolicy errors (those decisions kept the last placement):\n"
+              + "\n".join(f"  {line}" for line in done.policy_errors))
+    for warning in done.warnings:  # also in manifest.json
+        print(f"jsorc-sim: warning: {warning}", file=sys.stderr)
     written = sorted(p.name for p in done.out.iterdir() if p.is_file())
     print(f"\nwrote {done.out}/: {', '.join(written)}")
     return 1 if done.failed else 0

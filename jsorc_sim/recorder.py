@@ -126,6 +126,7 @@ class Recorder:
         self.decisions: list[dict[str, Any]] = []
         self.timeline: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []  # out-of-memory, policy errors
+        self.policy_steps = 0  # decide() calls, failed ones included (the controller counts)
         self.statistics = RunStatistics(self.apps, warmup_s, relative_error)
         categories = {"app": self.apps, "action": self.actions, "placement": WHERE_NAMES,
                       "error": FAILURE_NAMES}

@@ -144,11 +144,27 @@ class Result:
             for code, app in enumerate(s.apps):
                 walker_run[app] = _sketch_latency_report(st.finished[code], span)
             walker_run["all"] = _sketch_latency_report(st.merged(st.finished), span)
-        report = {"walker_run": walker_run, "cost": self.cost(),
-                  "unfinished": self.unfinished(), "statistics": self.statistics()}
+        report: dict[str, Any] = {"walker_run": walker_run, "cost": self.cost(),
+                                  "unfinished": self.unfinished(),
+                                  "statistics": self.statistics()}
         if "engine" in self.extra:  # which path ran (jsorc_sim.fastpath): how, not what
             report["engine"] = self.extra["engine"]
+        warning = warmup_warning(s, self.meters.arrivals,
+                                 report["unfinished"]["all_arrivals_lower_bound"]["all"]
+                                 ["arrivals"], self._last_arrival_s())
+        if warning:  # the key only when there is one: a sound run's report keeps its shape
+            report["warnings"] = [warning]
         return report
+
+    def _last_arrival_s(self) -> float | None:
+        """The last request's arrival time, when the requests table is in memory."""
+        if not self.percentiles_exact:
+            return None
+        ts = [float(t) for t, _ in self.meters.unfinished_arrivals]
+        column = self.recorder.request_table.columns()["ts"]
+        if len(column):
+            ts.append(float(column.max()))
+        return max(ts, default=None)
 
     def unfinished(self) -> dict[str, Any]:
         """What `walker_run` leaves out: the requests still in the system at the end.
@@ -313,6 +329,23 @@ def _linked(stream: ParquetStream, out: str | Path) -> outputs.Writer:
         except OSError:
             shutil.copyfile(source, path)
     return write
+
+
+def warmup_warning(scenario: Scenario, arrivals: int, after_warmup: int,
+                   last_arrival_s: float | None = None) -> str:
+    """A warning when a trace replay's every arrival came during warm-up, so `walker_run`
+    holds no latency and a zero throughput that measure nothing; else "". Pure.
+
+    Only traces can end before warm-up does (Poisson and closed-loop workloads go on to
+    `duration_s`). It is a warning, not an error: a trace's span is known only once it is
+    read, and the run's cost figures are still true."""
+    if (scenario.workload.kind != "trace" or scenario.warmup_s <= 0 or after_warmup > 0
+            or arrivals == 0):  # no arrival at all is the trace's emptiness, not warm-up's
+        return ""
+    span = "" if last_arrival_s is None else f", the last at {last_arrival_s:g} s"
+    return (f"warmup_s = {scenario.warmup_s:g} s is longer than the trace's span in this run "
+            f"(all {arrivals} arrivals came during warm-up{span}): walker_run reports no "
+            "latency; shorten warmup_s, or stretch the trace with workload.time_scale")
 
 
 def _latency_report(values: np.ndarray, span: float) -> dict[str, float | None]:

@@ -20,8 +20,11 @@ from typing import Any
 
 from policies import Mode, Placement, PlacementError
 
-DISTS = ("exp", "const", "lognormal", "gamma", "empirical")
+DISTS = ("exp", "const", "lognormal", "gamma", "empirical", "percentiles")
 WORKLOADS = ("closed", "poisson", "trace")
+STREAM_MODES = ("mix", "by_hash", "per_function")
+TRACE_ORIGINS = ("first_arrival", "day")
+MEMORY_STATS = ("average", "p50", "p95", "p99", "max")  # jsorc_traces.profiles.MEMORY_STATS
 TRACE_FORMATS = ("auto", "requests", "azure2019", "azure2021", "azure_llm2023", "calls")
 QUEUES = ("shared", "per_replica")
 ON_ERROR = ("keep", "stop")
@@ -59,6 +62,8 @@ class Dist:
     cv: float = spec(1.0, "coefficient of variation (lognormal and gamma)", minimum=0.0)
     file: str = spec("", "empirical: a file of samples in ms, one per line or a CSV column")
     column: str = spec("", "empirical: the CSV column to read (default: the first)")
+    function: str = spec("", "percentiles: the HashFunction whose row of the Azure durations "
+                         "file `file` to follow (jsorc_traces.profiles)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +160,22 @@ class WorkloadSpec:
                                   "least 6 characters) -> app")
     unmapped: str = spec("mix", "trace streams with no map entry: mix (an app by weight) | drop",
                          choices=("mix", "drop"))
+    streams: str = spec("mix", "how an unmapped stream gets its app: mix (a draw per arrival) | "
+                        "by_hash (one app per stream, by a seeded hash of its name) | "
+                        "per_function (an app and an action of its own)", choices=STREAM_MODES)
+    hash_seed: int = spec(0, "by_hash: the hash's seed (not the run's seed: a stream keeps its "
+                          "app across runs)", minimum=0)
+    trace_origin: str = spec("first_arrival", "time 0 of a replay: the trace's first arrival | "
+                             "day (the start of its first day on the trace's clock)",
+                             choices=TRACE_ORIGINS)
+    durations: str = spec("", "per_function: an Azure durations file (percentile_Average_*): "
+                          "each function's service time follows its row")
+    memory: str = spec("", "per_function: an Azure memory file: each function's memory from "
+                       "its app's row (memory_stat)")
+    memory_stat: str = spec("p99", "memory file column: average | p50 | p95 | p99 | max",
+                            choices=MEMORY_STATS)
+    template: str = spec("", "per_function: the action each function's action copies "
+                         "(default: the first)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,6 +364,12 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "scenario", base_dir: str
                         workload=workload, placement=placement, policy=policy,
                         base_dir=base_dir, **top)
     _check_files(scenario, source)
+    if workload.streams == "per_function":
+        # Reads the trace's stream names (and the durations/memory files): only these
+        # scenarios pay for jsorc_traces at load time.
+        from jsorc_sim.trace_streams import per_function
+
+        scenario = per_function(scenario, source)
     return scenario
 
 
@@ -474,9 +501,11 @@ def _action(name: str, table: Mapping[str, Any], problems: list[str]) -> ActionS
         dist = Dist()
     else:
         dist = _section(Dist, service, f"actions.{name}.service", problems)
-        if dist.dist == "empirical" and not dist.file:
-            problems.append(f"actions.{name}.service: empirical needs file = \"...\"")
-        if dist.dist != "empirical" and dist.mean_ms <= 0:
+        if dist.dist in ("empirical", "percentiles") and not dist.file:
+            problems.append(f"actions.{name}.service: {dist.dist} needs file = \"...\"")
+        if dist.dist == "percentiles" and not dist.function:
+            problems.append(f"actions.{name}.service: percentiles needs function = \"...\"")
+        if dist.dist not in ("empirical", "percentiles") and dist.mean_ms <= 0:
             problems.append(f"actions.{name}.service.mean_ms must be > 0, got {dist.mean_ms}")
     return ActionSpec(name=name, service=dist, **values)
 
@@ -513,8 +542,28 @@ def _workload(value: Any, apps: Mapping[str, AppSpec], problems: list[str]) -> W
             problems.append(f"workload.map.{stream}: unknown app {app!r}")
     if workload.kind == "trace" and not workload.trace:
         problems.append("workload.trace: kind = \"trace\" needs trace = \"path\"")
+    problems.extend(_stream_problems(workload))
     mix = {a: float(w) for a, w in workload.mix.items()} if workload.mix else {a: 1.0 for a in apps}
     return dataclasses.replace(workload, mix=mix)
+
+
+def _stream_problems(workload: WorkloadSpec) -> list[str]:
+    """Trace stream options that contradict each other (jsorc_sim.trace_streams)."""
+    problems = []
+    per_function = workload.streams == "per_function"
+    for name in ("durations", "memory", "template"):
+        if getattr(workload, name) and not per_function:
+            problems.append(f"workload.{name} needs streams = \"per_function\" (each function "
+                            f"its own action), got streams = {workload.streams!r}")
+    if per_function and workload.map:
+        problems.append("workload.map has no use with streams = \"per_function\" (every stream "
+                        "is an app of its own)")
+    if workload.streams != "mix" and workload.unmapped == "drop" and not per_function:
+        problems.append(f"workload.unmapped = \"drop\" leaves nothing for streams = "
+                        f"{workload.streams!r} to map")
+    if workload.streams != "mix" and workload.kind != "trace":
+        problems.append(f"workload.streams = {workload.streams!r} needs kind = \"trace\"")
+    return problems
 
 
 def _placement(value: Any, actions: Mapping[str, ActionSpec],
@@ -552,8 +601,13 @@ def _check_files(scenario: Scenario, source: str) -> None:
         path = scenario.resolve(scenario.workload.trace)
         if not path.is_file():
             problems.append(f"workload.trace: no such file {str(path)!r}")
+        for name in ("durations", "memory"):
+            extra = getattr(scenario.workload, name)
+            if extra and not scenario.resolve(extra).is_file():
+                problems.append(f"workload.{name}: no such file "
+                                f"{str(scenario.resolve(extra))!r}")
     for action in scenario.actions.values():
-        if action.service.dist == "empirical":
+        if action.service.dist in ("empirical", "percentiles"):
             path = scenario.resolve(action.service.file)
             if not path.is_file():
                 problems.append(f"actions.{action.name}.service.file: no such file {str(path)!r}")

@@ -20,7 +20,7 @@ from jsorc_sim.recorder import RECORD_MODES, Recorder
 from jsorc_sim.results import Meters, Result
 from jsorc_sim.runtime import Runtime
 from jsorc_sim.scenario import Scenario
-from policies import Policy, make
+from policies import Policy, absolute_ref, make
 
 # Separate random streams, so that changing one thing (the policy, a service time) leaves
 # the others' draws alone: paired comparisons across policies see the same requests.
@@ -57,8 +57,9 @@ def simulate(
 ) -> Result:
     """Run `scenario` (or a path to one) under `policy` and return its tables.
 
-    `policy` is a Policy object, a registered name or `module:Class`; without it the
-    scenario's `[policy]` runs. `overrides` are dotted paths of the scenario's table, as in an
+    `policy` is a Policy object, a registered name, `module:Class` or `path/to/file.py:Class`
+    (from the current folder; a scenario's `[policy] name` from the scenario's); without it
+    the scenario's `[policy]` runs. `overrides` are dotted paths of the scenario's table, as in an
     experiment file's `set` ({"workload.clients": 8, "node.memory_mb": 6144}), applied first
     and checked as the file is (a ScenarioError names a bad path or value); then `app`
     restricts the workload, and `seed` and `duration_s` override the scenario.
@@ -96,11 +97,14 @@ def simulate(
     if replaced:
         scenario = dataclasses.replace(scenario, **replaced)
 
+    # A policy file's path made absolute (a scenario's from its folder, like its other paths;
+    # an argument's from the current one), so the saved scenario runs again from anywhere.
     if policy is None:
-        policy_name, policy_params = scenario.policy.name, dict(scenario.policy.params)
+        policy_name = absolute_ref(scenario.policy.name, scenario.base_dir)
+        policy_params = dict(scenario.policy.params)
         policy_obj = make(policy_name, policy_params)
     elif isinstance(policy, str):
-        policy_name, policy_params = policy, dict(params or {})
+        policy_name, policy_params = absolute_ref(policy), dict(params or {})
         policy_obj = make(policy_name, policy_params)
     else:
         policy_obj = policy

@@ -7,7 +7,7 @@ held-out cells and report train against test.
 A tune file (TOML; paths relative to it):
 
     name = "tune_model_based"        # default: the file name
-    policy = "model_based"           # registered name or module:Class
+    policy = "model_based"           # name, module:Class or path/to/file.py:Class
     objective = "95th_latency + 0.05 * replica_core_s"   # lower is better
     method = "random+nelder-mead"    # random | nelder-mead | random+nelder-mead
     samples = 16                     # random candidates (duplicates are simulated once)
@@ -44,11 +44,15 @@ cells in parallel. Every candidate is simulated once (a cache by parameters). Th
 The same file and seed give the same trials, whatever the number of workers.
 
 Outputs in --out (default runs/<name>), each written to a temporary name and renamed:
-`trials.parquet` (one row per candidate and set), `cells.parquet` (one row per simulation)
-and `tune.json` (best and default parameters, their train and test objectives, method,
-seed, durations), and `manifest.json` (what jsorc wrote there: a file of those names that it
-did not write is refused before any simulation, and other files are left alone). Bad input
-raises TuneError (a ScenarioError) listing every problem.
+`trials.parquet` (one row per candidate and set), `cells.parquet` (one row per simulation),
+`trajectory.png` (train objective against trial, best so far as a step line) and
+`default_vs_tuned.png` (defaults against tuned per set and app, with 95 % CIs), each drawn
+from the CSV beside it (`trajectory.csv`, `default_vs_tuned.csv`; jsorc_sim.tune_plots),
+`tune.json` (best and default parameters, their train and test objectives, method, seed,
+durations), and `manifest.json` (what jsorc wrote there: a file of those names that it did
+not write is refused before any simulation, and other files are left alone). Progress on
+stderr shows the trial count and the best train objective so far. Bad input raises
+TuneError (a ScenarioError) listing every problem. docs/tuning.md is the guide.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ import re
 import sys
 import time
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,7 +83,7 @@ from jsorc_sim import scenario as scenario_mod
 from jsorc_sim.results import version
 from jsorc_sim.scenario import Scenario, ScenarioError
 from jsorc_sim.simulate import simulate
-from policies import PolicyError, describe, make, resolve
+from policies import PolicyError, absolute_ref, describe, make, resolve
 from policies.registry import coerce_params, params_type
 
 if TYPE_CHECKING:
@@ -369,6 +373,10 @@ def load_tune(path: str | Path, *, traces_dir: str | Path | None = None) -> Tune
     objective, objective_problems = _parse_objective(raw.get("objective"))
     problems.extend(objective_problems)
     policy = _string(raw, "policy", "", problems)
+    try:  # a policy file's path is from the tune file's folder; absolute for the workers
+        policy = absolute_ref(policy, base)
+    except PolicyError as exc:
+        problems.append(f"policy: {exc}")
     space, fixed, defaults = _policy_space(policy, raw.get("space"), raw.get("fixed", {}),
                                            problems)
     if "nelder-mead" in searches and space and all(d.kind == "choice" for d in space):
@@ -820,10 +828,53 @@ def _dask_executor(address: str) -> Iterator[Executor]:
         client.close()  # type: ignore[no-untyped-call]
 
 
+class _Progress:
+    """Tune progress on stderr: simulations done and, after each scored step, the trial count
+    and the best train objective so far; a tqdm bar on a terminal, else a line per step (a
+    log or CI shows how the search goes, not only that it goes)."""
+
+    def __init__(self, name: str, total: int, show: bool) -> None:
+        terminal = sys.stderr.isatty()
+        self.name, self.lines, self.done = name, show and not terminal, 0
+        self.bar = tqdm(total=total, unit="sim", desc=name, file=sys.stderr,
+                        disable=not (show and terminal))
+
+    def simulated(self) -> None:
+        self.done += 1
+        self.bar.update(1)
+
+    def scored(self, evaluator: _Evaluator, which: str) -> None:
+        text = progress_text(evaluator.trials.values(), evaluator.searched, which)
+        self.bar.set_postfix_str(text)
+        if self.lines:
+            print(f"{self.name}: {self.done} simulations, {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.total = self.bar.n  # the optimizer may stop before its budget
+        self.bar.close()
+
+
+def progress_text(trials: Iterable[Trial], searched: Iterable[int], which: str) -> str:
+    """"N trials, best V (trial T)" over the candidates the search asked for, scored on
+    [train] so far; on [test], the defaults' and the tuned objectives. Pure."""
+    scored = [t for t in trials if which in t.sets]
+    if which == "test":
+        shown = ", ".join(f"{t.phase if t.phase == 'default' else 'tuned'} "
+                          f"{_show(t.objective('test'))}" for t in scored)
+        return f"test: {shown}"
+    asked = set(searched)
+    candidates = [t for t in scored if t.phase != "default" or t.trial in asked]
+    if not candidates:
+        return f"{len(scored)} trial{'s' * (len(scored) != 1)}, no searched candidate yet"
+    best = min(candidates, key=lambda t: (t.objective("train"), t.trial))
+    return (f"{len(candidates)} trial{'s' * (len(candidates) != 1)}, best "
+            f"{_show(best.objective('train'))} (trial {best.trial})")
+
+
 class _Evaluator:
     """Scores candidates on sets through an executor; every candidate once per set."""
 
-    def __init__(self, spec: TuneSpec, executor: Executor, bar: tqdm[Any]) -> None:
+    def __init__(self, spec: TuneSpec, executor: Executor, bar: _Progress) -> None:
         self.spec, self.executor, self.bar = spec, executor, bar
         self.trials: dict[str, Trial] = {}
         self.searched: list[int] = []  # trials the random phase or the optimizer asked for
@@ -848,7 +899,7 @@ class _Evaluator:
             cell.scenario, cell.seed, spec.duration_s, spec.policy, t.params))
             for t in todo for cell in tset.cells]
         for _ in as_completed(futures):
-            self.bar.update(1)
+            self.bar.simulated()
         self.simulations += len(futures)
         outcomes = iter(f.result() for f in futures)  # in submission order: deterministic
         for t in todo:
@@ -859,6 +910,8 @@ class _Evaluator:
             values = [s.objective for s in scores]
             mean = math.inf if any(math.isinf(v) for v in values) else float(np.mean(values))
             t.sets[which] = SetScore(mean, tuple(scores))
+        if todo:
+            self.bar.scored(self, which)
 
 
 # ----------------------------------------------------------------------------- the search
@@ -868,14 +921,15 @@ def run_tune(spec: TuneSpec, out: str | Path | None = None, *, workers: int | No
              scheduler: str | None = None, executor: Executor | None = None,
              progress: bool = False) -> TuneResult:
     """Search `spec`'s space on [train], score the best and the defaults on [test], and
-    (with `out`) write trials.parquet, cells.parquet and tune.json there. `executor`, if
+    (with `out`) write TUNE_FILES there. `progress` shows on stderr the simulations done,
+    the trial count and the best train objective so far. `executor`, if
     given, runs the cells (else `workers` processes or the Dask `scheduler`). An `out` that
     holds files of those names which jsorc did not write raises OutputError before any run."""
     if out is not None:
         outputs.check(out, TUNE_FILES, TUNE_KIND, legacy=_legacy_tune)
     total = (len(spec.train.cells) * (1 + spec.samples + spec.iterations)
              + 2 * len(spec.test.cells))
-    bar = tqdm(total=total, unit="sim", desc=spec.name, file=sys.stderr, disable=not progress)
+    bar = _Progress(spec.name, total, progress)
     walls: dict[str, float] = {}
     try:
         with _given(executor) if executor else open_executor(workers, scheduler) as pool:
@@ -887,7 +941,6 @@ def run_tune(spec: TuneSpec, out: str | Path | None = None, *, workers: int | No
             evaluator.score([default, best], "test")
             walls["test"] = time.perf_counter() - started
     finally:
-        bar.total = bar.n  # the optimizer may stop before its budget
         bar.close()
     result = TuneResult(spec, evaluator, best, default, message, calls, walls)
     if out is not None:
@@ -1080,10 +1133,18 @@ class TuneResult:
         """Write trials.parquet, cells.parquet and tune.json (last) to `out`, each to a
         temporary name first and then renamed, so no file is ever half written; recorded in
         manifest.json. Files jsorc did not write are never overwritten (OutputError)."""
+        from jsorc_sim import tune_plots as tp  # matplotlib only when outputs are written
+
         text = json.dumps(self.summary, indent=2, default=str) + "\n"
+        trajectory, comparison = tp.trajectory_frame(self), tp.comparison_frame(self)
+        title = f"{self.spec.name}: {self.spec.policy}, {self.spec.objective.text}"
         return outputs.write(out, {
             "trials.parquet": lambda p: self.trials.to_parquet(p, index=False),
             "cells.parquet": lambda p: self.cells.to_parquet(p, index=False),
+            "trajectory.csv": lambda p: tp.write_csv(trajectory, p),
+            "trajectory.png": lambda p: tp.trajectory_plot(trajectory, p, title=title),
+            "default_vs_tuned.csv": lambda p: tp.write_csv(comparison, p),
+            "default_vs_tuned.png": lambda p: tp.comparison_plot(comparison, p, title=title),
             "tune.json": lambda p: p.write_text(text)}, TUNE_KIND, legacy=_legacy_tune)
 
     def format(self) -> str:
@@ -1125,7 +1186,8 @@ def _key(params: Mapping[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
-TUNE_FILES = ("trials.parquet", "cells.parquet", "tune.json")
+TUNE_FILES = ("trials.parquet", "cells.parquet", "trajectory.csv", "trajectory.png",
+              "default_vs_tuned.csv", "default_vs_tuned.png", "tune.json")
 TUNE_KIND = "jsorc-sim tune"
 
 
@@ -1204,12 +1266,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                       help="processes (default: the machine's cores; 1: this process)")
     tune.add_argument("--scheduler", metavar="ADDR",
                       help="run the cells on a Dask cluster: tcp://HOST:8786")
-    tune.add_argument("--out", metavar="DIR", help="write trials.parquet, cells.parquet, "
+    tune.add_argument("--out", metavar="DIR", help="write the trials, cells, plots and "
                       "tune.json here (default: runs/<name>)")
     tune.add_argument("--traces", metavar="DIR",
                       help="directory that \"{traces}\" in paths expands to")
     tune.add_argument("--json", action="store_true", help="print tune.json instead")
-    tune.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    tune.add_argument("--no-progress", action="store_true",
+                      help="no progress on stderr (a bar on a terminal, else a line per step, "
+                      "each with the trial count and the best objective so far)")
     tune.set_defaults(handler=handle)
 
 
@@ -1217,12 +1281,12 @@ def handle(args: argparse.Namespace) -> int:
     """`jsorc-sim tune`: 0 when done, 1 when every candidate failed on train."""
     spec = load_tune(args.file, traces_dir=args.traces)
     out = Path(args.out) if args.out else Path("runs") / spec.name
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.no_progress
     result = run_tune(spec, out, workers=args.workers, scheduler=args.scheduler,
                       progress=progress)
     if args.json:
         print(json.dumps(result.summary, indent=2, default=str))
     else:
         print(result.format())
-        print(f"\nwrote {out}/: trials.parquet, cells.parquet, tune.json, manifest.json")
+        print(f"\nwrote {out}/: {', '.join(TUNE_FILES)}, manifest.json")
     return 1 if math.isinf(result.best.objective("train")) else 0

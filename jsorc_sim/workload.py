@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from jsorc_traces import TraceWindows
 
 BATCH = 4096
+SECONDS_PER_DAY = 86_400.0
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -104,8 +105,11 @@ def load_trace(scenario: Scenario, rng: np.random.Generator, *,
     workload = scenario.workload
     path = scenario.resolve(workload.trace)
     # A hair past the end, so no arrival with ts * time_scale < duration_s is lost to rounding
-    # in the division; the caller cuts at duration_s exactly.
-    max_s = scenario.duration_s / workload.time_scale * (1.0 + 1e-9)
+    # in the division; the caller cuts at duration_s exactly. From the start of the day the
+    # run's end is not known before the first arrival is: the caller cuts (the windows are
+    # read lazily, so nothing past the end is expanded).
+    max_s = (scenario.duration_s / workload.time_scale * (1.0 + 1e-9)
+             if workload.trace_origin == "first_arrival" else None)
     return traces.read_windows(
         path, workload.trace_format, seed=int(rng.integers(2**31)), spread=workload.spread,
         llm_size=workload.llm_size, max_s=max_s, window=WINDOW if window is None else window,
@@ -124,16 +128,25 @@ def trace_requests(scenario: Scenario, rng: np.random.Generator, *,
     trace = load_trace(scenario, rng, window=window)
     app_of = _trace_apps(scenario, trace, list(scenario.apps))
     workload = scenario.workload
-    mix = _mix(scenario) if workload.unmapped == "mix" else None
-    return _replay(trace, app_of, mix, rng, workload.time_scale, scenario.duration_s)
+    mix = _mix(scenario) if workload.unmapped == "mix" and workload.streams == "mix" else None
+    return _replay(trace, app_of, mix, rng, workload.time_scale, scenario.duration_s,
+                   trace_offset(trace.origin, workload.trace_origin))
+
+
+def trace_offset(origin: float, trace_origin: str) -> float:
+    """Seconds added to the trace's times (first arrival at 0) for `trace_origin`: none from
+    the first arrival; from the start of the first arrival's day, on the trace's clock (days of
+    86,400 s from its zero: minute 1 of an azure2019 file, UTC midnight of an LLM trace)."""
+    return 0.0 if trace_origin == "first_arrival" else float(origin % SECONDS_PER_DAY)
 
 
 def _replay(trace: TraceWindows, app_of: IntArray, mix: FloatArray | None,
-            rng: np.random.Generator, time_scale: float,
-            duration_s: float) -> Iterator[tuple[FloatArray, IntArray, FloatArray]]:
+            rng: np.random.Generator, time_scale: float, duration_s: float,
+            offset: float = 0.0) -> Iterator[tuple[FloatArray, IntArray, FloatArray]]:
     """The requests of each window (see `trace_requests`); windows left empty are skipped."""
     for part in trace.windows():
-        ts = part.ts * time_scale if time_scale != 1.0 else part.ts
+        ts = part.ts + offset if offset else part.ts
+        ts = ts * time_scale if time_scale != 1.0 else ts
         n = int(np.searchsorted(ts, duration_s, side="left"))  # ts < duration_s: a prefix
         ts = ts[:n]
         app = app_of[part.key_code[:n]]
@@ -171,8 +184,9 @@ def _app_picker(scenario: Scenario, rng: np.random.Generator) -> Iterator[int]:
 
 def _trace_apps(scenario: Scenario, trace: Streams, apps: list[str]) -> IntArray:
     """The app code of each stream of the trace (-1: none, so `mix` or `unmapped = "drop"`
-    decides): by `map`, else the app it is named after. Raises ScenarioError when a map entry
-    names no stream."""
+    decides): by `map`, else the app it is named after, else by `streams` (by_hash: one app by
+    the stream's hash; per_function: its own app, or none when `--app` left it out). Raises
+    ScenarioError when a map entry names no stream."""
     workload = scenario.workload
     problems = unmatched_streams(workload.map, trace)
     if problems:
@@ -192,6 +206,19 @@ def _trace_apps(scenario: Scenario, trace: Streams, apps: list[str]) -> IntArray
         named = ~mapped & (names == app)
         app_of[named] = code
         mapped |= named
+    if workload.streams == "per_function":
+        from jsorc_sim.trace_streams import function_names
+
+        code_of = {app: code for code, app in enumerate(apps)}
+        own = function_names(list(trace.key_names))
+        app_of = np.array([code_of.get(own[n], -1) for n in trace.key_names], dtype=np.int64)
+    elif workload.streams == "by_hash" and workload.unmapped == "mix" and not mapped.all():
+        from jsorc_sim.trace_streams import hash_apps
+
+        rest = np.flatnonzero(~mapped)
+        app_of[rest] = hash_apps([str(names[i]) for i in rest],
+                                 [workload.mix.get(app, 0.0) for app in apps],
+                                 workload.hash_seed)
     return app_of
 
 

@@ -25,16 +25,10 @@ from typing import Final
 import numpy as np
 
 from jsorc_traces.arrivals import FORMATS, SPREADS, Arrivals, CodeArray, FloatArray
-from jsorc_traces.readers import (
-    LLM_SIZES,
-    MinuteCounts,
-    TraceError,
-    _check_choice,
-    detect_format,
-    read_minute_counts,
-    read_trace,
-)
+from jsorc_traces.azure import MinuteCounts, read_minute_counts
+from jsorc_traces.readers import LLM_SIZES, detect_format, read_trace
 from jsorc_traces.spread import IntArray, late_streams, minutes_for_window, spread_window
+from jsorc_traces.tables import TraceError, check_choice
 
 __all__ = ["WINDOW", "TraceWindows", "Window", "read_windows"]
 
@@ -89,9 +83,9 @@ def read_windows(
     """Read a trace as `read_trace` does (same arguments, same arrivals), a window of at most
     `window` arrivals at a time (azure2019: of whole minutes, at least one)."""
     # Arguments are checked before the file, as read_trace does.
-    _check_choice("fmt", fmt, ("auto", *FORMATS))
-    _check_choice("spread", spread, SPREADS)
-    _check_choice("llm_size", llm_size, LLM_SIZES)
+    check_choice("fmt", fmt, ("auto", *FORMATS))
+    check_choice("spread", spread, SPREADS)
+    check_choice("llm_size", llm_size, LLM_SIZES)
     if max_s is not None and not max_s > 0:
         raise ValueError(f"max_s must be > 0, got {max_s!r}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -139,8 +133,9 @@ def _by_minutes(table: MinuteCounts, source: str, *, seed: int, spread: str,
     stop = counts.shape[1] if max_s is None else minutes_for_window(counts, max_s)
     read = partial(_minute_windows, counts, code_of_row, first_minute, stop, seed=seed,
                    spread=spread, first=first, max_s=max_s, window=window)
+    # The origin is on the trace's clock (from minute 1), which a windowed header starts late.
     return TraceWindows(tuple(table.names[i] for i in order), "azure2019", spread, source,
-                        first, read)
+                        table.base_s + first, read)
 
 
 def _minute_windows(counts: IntArray, code_of_row: CodeArray, start: int, stop: int, *,

@@ -1,4 +1,4 @@
-"""Finding policies by name or import path, and building them with checked parameters.
+"""Finding policies by name, import path or file, and building them with checked parameters.
 
 A policy class follows one convention: a class attribute `Params`, a frozen dataclass whose
 fields (made with `param`) carry a default, a one-line doc and optional bounds; and an
@@ -12,12 +12,18 @@ through `make` or is given to a `Params` dataclass directly (`CheckedParams`). N
 takes infinity for "no limit": a limit that can be lifted is Optional, None meaning none
 (`replica_bounds.max_replicas`).
 
+A reference is a registered name; a name an installed package declares in the
+`jsorc.policies` entry-point group; an import path `pkg.mod:Cls`; or a file
+`path/to/mine.py:Cls` (policies.sources says how files and entry points are loaded).
+
 Import paths and trust: `make("pkg.mod:Cls")` imports `pkg.mod`, which runs its code. A
 library user may import anything (`allowed_modules=None`, the default). A server passes the
 modules its operator allowed (`allowed_modules=[...]`, possibly empty): then a module is
 imported only if its name is listed exactly or falls under a listed `pkg.*` pattern (any
 module below `pkg`, not `pkg` itself; importing `pkg.mod` runs `pkg/__init__` too), and that
-is decided before anything is imported. Registered names always work, and so does the import
+is decided before anything is imported. A policy file is allowed when the list names its
+absolute path (`jsorc serve --policy-file`), an entry point when its module is allowed.
+Registered names always work, and so does the import
 path of a registered class already imported. The class found must then look like a policy
 (`reset` and `decide`, and with an allow-list a `Params` dataclass) before it is
 instantiated. Policies built inside a policy (`compose`, `guarded`) are held to the same
@@ -37,12 +43,17 @@ import math
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from policies import sources
 from policies.contract import Policy
+from policies.errors import PolicyError as PolicyError
+from policies.errors import PolicyNotAllowed as PolicyNotAllowed
+from policies.errors import is_file_entry
 
 T = TypeVar("T", bound=type)
 
@@ -57,22 +68,6 @@ _REGISTRY: dict[str, type] = {}
 AllowLists = tuple[tuple[str, ...], ...]
 _ENCLOSING: contextvars.ContextVar[AllowLists] = contextvars.ContextVar(
     "policies_allowed_modules", default=())
-
-
-class PolicyError(ValueError):
-    """An unknown policy, an unknown parameter, or a parameter of the wrong type or range."""
-
-
-class PolicyNotAllowed(PolicyError):
-    """A `module:Class` whose module the caller's allow-list does not name (nothing imported)."""
-
-    def __init__(self, module: str, allowed: Collection[str]) -> None:
-        self.module = module
-        listed = ", ".join(allowed) or "none"
-        super().__init__(
-            f"policy module {module!r} is not allowed here (allowed modules: {listed}); the "
-            f"operator allows it at start-up: jsorc serve --allow-policy-module {module} "
-            "(or --policy-file FILE.py)")
 
 
 @dataclass(frozen=True)
@@ -142,34 +137,76 @@ def register(name: str) -> Callable[[T], T]:
 
 
 def names() -> list[str]:
-    """Every registered policy name, sorted."""
+    """Every policy name, sorted: the registered ones and those installed packages declare in
+    the `jsorc.policies` entry-point group (a registered name wins a clash, with a warning
+    naming both)."""
     _load_library()
-    return sorted(_REGISTRY)
+    declared = sources.entry_point_policies()
+    for name, declared_policy in declared.items():
+        if name in _REGISTRY:
+            warnings.warn(sources.shadowed(declared_policy, _REGISTRY[name]), stacklevel=2)
+    return sorted({*_REGISTRY, *declared})
+
+
+def package_of(name: str) -> str | None:
+    """The installed package whose `jsorc.policies` entry point provides `name`; None for a
+    registered policy (a built-in, or one whose module was imported) and an unknown name."""
+    _load_library()
+    if name in _REGISTRY:
+        return None
+    declared = sources.entry_point_policies().get(name)
+    return declared.package if declared is not None else None
 
 
 def resolve(ref: str, allowed_modules: Collection[str] | None = None) -> type:
-    """The policy class for a registered name or a `module:Class` import path.
+    """The policy class for a registered name, an entry-point name, a `module:Class` import
+    path or a `path/to/file.py:Class` file reference (see policies.sources).
 
     `allowed_modules`: None imports any module (library use); a collection (the live server's,
-    possibly empty) imports only the modules it names (see the module's docstring), checked
-    before anything is imported. Either way the class must look like a policy."""
+    possibly empty) imports only the modules it names and the files it lists by absolute path
+    (see the module's docstring), checked before anything is imported. Either way the class
+    must look like a policy."""
     return _resolve(ref, _allow_lists(allowed_modules))
 
 
 def _resolve(ref: str, allow_lists: AllowLists) -> type:
     _load_library()
     if not isinstance(ref, str):
-        raise PolicyError(f"a policy is a name or module:Class, got {ref!r}")
+        raise PolicyError(f"a policy is a name, module:Class or file.py:Class, got {ref!r}")
     if ref in _REGISTRY:
         return _REGISTRY[ref]
-    if ":" not in ref:
+    file = sources.file_ref(ref)
+    if file is not None:
+        for allowed in allow_lists:
+            if not file_allowed(file.path, allowed):
+                raise PolicyNotAllowed(str(file.path), allowed, file=True)
+        cls: Any = sources.load_file_class(file)
+    elif ":" not in ref:
+        cls = _entry_point_class(ref, allow_lists)
+    else:
+        cls = _import_path_class(ref, allow_lists)
+    _check_policy_class(cls, ref, need_params=bool(allow_lists))
+    return typing.cast(type, cls)
+
+
+def _entry_point_class(ref: str, allow_lists: AllowLists) -> type:
+    declared = sources.entry_point_policies().get(ref)
+    if declared is None:
         raise PolicyError(
-            f"unknown policy {ref!r}; registered: {', '.join(sorted(_REGISTRY))} "
-            "(or give an import path module:Class)"
+            f"unknown policy {ref!r}; registered: {', '.join(names())} "
+            "(or give an import path module:Class, or a file path/to/file.py:Class)"
         )
+    for allowed in allow_lists:
+        if not module_allowed(declared.module, allowed):
+            raise PolicyNotAllowed(declared.module, allowed)
+    return sources.load_entry_point(declared)
+
+
+def _import_path_class(ref: str, allow_lists: AllowLists) -> Any:
     module_name, _, attr = ref.partition(":")
     if not _is_dotted_name(module_name) or not attr.isidentifier():
-        raise PolicyError(f"{ref!r} is not an import path module:Class")
+        raise PolicyError(f"{ref!r} is not an import path module:Class (nor a file "
+                          "path/to/file.py:Class)")
     cls = _registered_at(module_name, attr)
     if cls is None:
         for allowed in allow_lists:
@@ -178,26 +215,35 @@ def _resolve(ref: str, allow_lists: AllowLists) -> type:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise PolicyError(f"cannot import policy module {module_name!r}: {exc}") from None
+            raise PolicyError(f"cannot import policy module {module_name!r}: {exc} (a module "
+                              "must be importable: installed, or on PYTHONPATH; a file can be "
+                              "given as path/to/file.py:Class)") from None
         cls = getattr(module, attr, None)
     if not isinstance(cls, type):
         raise PolicyError(f"{ref!r}: module {module_name!r} has no class {attr!r}")
-    _check_policy_class(cls, ref, need_params=bool(allow_lists))
     return cls
 
 
 def check_allow_list(entries: Collection[str]) -> tuple[str, ...]:
-    """The allow-list as a tuple, after checking each entry: a module name (`pkg.mod`) or a
-    package pattern (`pkg.*`). Raises PolicyError naming a bad entry (`*` alone included: an
-    allow-list that allows everything is None, which only library code passes)."""
+    """The allow-list as a tuple, after checking each entry: a module name (`pkg.mod`), a
+    package pattern (`pkg.*`) or the absolute path of a policy file (`/srv/mine.py`, kept
+    resolved). Raises PolicyError naming a bad entry (`*` alone included: an allow-list that
+    allows everything is None, which only library code passes)."""
     if isinstance(entries, str):
         raise PolicyError(f"allowed policy modules must be a list of names, got {entries!r}")
     out = []
     for entry in entries:
+        bad = PolicyError(f"allowed policy module {entry!r} is not a module name (pkg.mod), a "
+                          "package pattern (pkg.*) or the absolute path of a .py file")
+        if isinstance(entry, str) and is_file_entry(entry):
+            path = Path(entry).expanduser()
+            if not path.is_absolute() or path.suffix != ".py":
+                raise bad
+            out.append(str(path.resolve()))
+            continue
         name = entry[:-2] if isinstance(entry, str) and entry.endswith(".*") else entry
         if not isinstance(name, str) or not _is_dotted_name(name):
-            raise PolicyError(f"allowed policy module {entry!r} is not a module name (pkg.mod) "
-                              "or a package pattern (pkg.*)")
+            raise bad
         out.append(entry)
     return tuple(out)
 
@@ -211,6 +257,11 @@ def module_allowed(module: str, allowed: Collection[str]) -> bool:
         elif module == entry:
             return True
     return False
+
+
+def file_allowed(path: Path, allowed: Collection[str]) -> bool:
+    """Whether the policy file at `path` (absolute, resolved) is one `allowed` lists."""
+    return str(path) in allowed
 
 
 def load_policy_file(path: str | Path) -> str:

@@ -122,7 +122,7 @@ name = "all_remote"
                    "baseline 'nobody'", "unknown policy 'no_such_policy'",
                    "all_remote.replicas must be >= 1, got 0", "label 'all_remote' is used twice"):
         assert needle in message, message
-    # Scenario problems come from expanding the cells, once the file itself is sound.
+    # Scenario problems are found by the same pass (tests/jsorc_sim/test_experiment_checks.py).
     body2 = SMALL.replace('"node.memory_mb" = [4096, 8192]',
                           '"node.cores" = [0, 2]\n[scenario.set]\n"node.memroy_mb" = 1')
     body2 = body2.replace('apps = ["sentence_pairing"]', 'apps = ["no_such_app"]')
@@ -140,12 +140,10 @@ def test_trace_problems_are_found_before_anything_runs(tmp_path: Path, traces_di
 "workload.trace" = "{traces}/azure_functions_2019_sample10/inv.csv"
 "workload.map" = { "ffffff0000" = "sentence_pairing" }''').replace(
         '[scenario.grid]\n"node.memory_mb" = [4096, 8192]', "")
-    exp = ex.load_experiment(write(tmp_path, body), traces_dir)
     with pytest.raises(ex.ExperimentError, match="no stream 'ffffff0000' in trace"):
-        ex.cells(exp)
-    missing = ex.load_experiment(write(tmp_path, body, "m.toml"), tmp_path / "nowhere")
+        ex.load_experiment(write(tmp_path, body), traces_dir)
     with pytest.raises(ex.ExperimentError, match="no such file"):
-        ex.cells(missing)
+        ex.load_experiment(write(tmp_path, body, "m.toml"), tmp_path / "nowhere")
     bad = tmp_path / "traces" / "azure_functions_2019_sample10"
     bad.mkdir(parents=True)
     (bad / "inv.csv").write_text("HashFunction,HashApp,HashOwner,minute_1\nf,a,o,x\n")

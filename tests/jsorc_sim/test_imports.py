@@ -93,7 +93,7 @@ def test_the_top_level_still_names_every_command(argv: list[str]) -> None:
     done = jsorc_sim(*argv)
     assert done.returncode == (0 if argv == ["--help"] else 2)
     # The usage line, which both print, lists the commands in the order they were added.
-    assert "{run,experiment,tune,validate,calibrate,policies}" in done.stdout + done.stderr
+    assert "{run,experiment,tune,validate,calibrate,trace,policies}" in done.stdout + done.stderr
 
 
 def test_a_bad_trace_still_exits_2_with_one_message(tmp_path: Path) -> None:
