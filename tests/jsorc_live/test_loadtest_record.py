@@ -28,7 +28,7 @@ from tests.jsorc_live.servers import jsorc_serving
 
 TOKEN = "record-token"
 SCALE = 0.02  # JSORC_ACTION_SCALE for the server: tfm_ner's replica is 1014 x 0.02 + 70 MB
-DURATION_S = 5.0
+DURATION_S = 10.0  # room for the replicas to start on a loaded machine before the end
 INTERVAL_S = 2.0
 
 
