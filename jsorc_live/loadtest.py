@@ -159,6 +159,9 @@ def _check(args: argparse.Namespace) -> Bounds:
         raise LoadtestError(f"--grace must be a number of seconds >= 0, got {grace}")
     if not (args.time_scale > 0 and math.isfinite(args.time_scale)):
         raise LoadtestError(f"--time-scale must be a number > 0, got {args.time_scale}")
+    think = getattr(args, "think_ms", 0.0)
+    if not (think >= 0 and math.isfinite(think)):
+        raise LoadtestError(f"--think-ms must be a number of ms >= 0, got {think}")
     return Bounds(duration_s=float(args.duration), grace_s=float(grace))
 
 

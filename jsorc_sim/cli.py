@@ -375,7 +375,12 @@ def _fmt(value: float | None) -> str:
 def _policies(args: argparse.Namespace) -> int:
     listing: dict[str, dict[str, Any]] = {}
     for name in names():
-        cls = resolve(name)
+        try:
+            cls = resolve(name)
+        except PolicyError as exc:  # one broken installed package must not hide the rest
+            listing[name] = {"doc": f"(cannot load: {exc})", "package": package_of(name),
+                             "params": []}
+            continue
         # The docstring's first paragraph, which may wrap over several lines.
         doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         listing[name] = {"doc": doc, "package": package_of(name), "params": [

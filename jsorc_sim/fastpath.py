@@ -20,7 +20,7 @@ says which path ran for how long, and why not where it did not.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,15 +85,18 @@ class Summary:
     hand_backs: int = 0
     fast_requests: int = 0
     never: tuple[str, ...] = ()  # why it could never run
-    last_reason: str = ""  # why it was not running at the last boundary it was not
+    # Why it was not running, at the boundaries where it was not: reason -> boundaries.
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def note(self, reason: str) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def as_dict(self, duration_s: float) -> dict[str, Any]:
         return {"mode": self.mode, "fast_s": round(self.fast_s, 6),
                 "simpy_s": round(max(duration_s - self.fast_s, 0.0), 6),
                 "stretches": self.stretches, "switches_in": self.switches_in,
                 "hand_backs": self.hand_backs, "fast_requests": self.fast_requests,
-                "not_fast_because": list(self.never) or
-                ([self.last_reason] if self.last_reason else [])}
+                "not_fast_because": list(self.never) or list(self.reasons)}
 
 
 class FastPath:
@@ -154,6 +157,9 @@ class FastPath:
         """SimPy's last request in the system finished (the runtime calls this only while
         the fast path waits to take over)."""
         self.runtime.on_empty = None
+        if self._scheduled_at == self.env.now:
+            return  # a boundary already due now takes over
+        self._scheduled_at = self.env.now
         self.env.timeout(0).callbacks.append(self._boundary)
 
     # ------------------------------------------------------------------ boundaries
@@ -162,16 +168,20 @@ class FastPath:
         self._scheduled_at = None
         now = self.env.now
         until = min([*self._next.values(), self.end_s])
-        if until <= now:
-            return
+        if until <= now or (self.active and self._until >= until):
+            return  # nothing to run, or this stretch already ran (two wake-ups at one instant)
         if not self.active:
             reason = self.dynamic_reasons()
             if reason:
-                self.summary.last_reason = reason
+                self.summary.note(reason)
                 return
             runtime = self.runtime
             if runtime.active or runtime.at_door:
                 runtime.on_empty = self.emptied  # take over when SimPy's requests are done
+                return
+            held = self._held()
+            if held:
+                self.summary.note(held)
                 return
             self._switch_in()
         self._stretch(now, until)
@@ -192,6 +202,16 @@ class FastPath:
                 return f"action {action.name!r} is not settled on ready replicas"
             if action.pool.slots.get_queue:
                 return f"calls wait for action {action.name!r}'s replicas"
+        return ""
+
+    def _held(self) -> str:
+        """Why not yet, with SimPy's requests done: a call of no request still holds a
+        token (a failed request's call finishing after an out-of-memory restart), and the
+        stretch would miss that server. "" when every ready server's token is free."""
+        for code in self.used:
+            pool = self.actions[code].pool
+            if len(pool.slots.items) != pool.ready * pool.cores:
+                return f"calls of failed requests still hold action {self.actions[code].name!r}"
         return ""
 
     def _switch_in(self) -> None:
@@ -425,4 +445,4 @@ class FastPath:
         runtime.fast_in_system = 0
         runtime.fast_cores_queue = 0
         source.process = env.process(arrive(env, runtime, source))
-        self.summary.last_reason = f"a change at t={now:g} s"
+        self.summary.note("a placement change (the requests in flight went back to SimPy)")

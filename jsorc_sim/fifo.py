@@ -8,7 +8,7 @@ servers are "tokens" exactly as jsorc_sim.remote's shared queue hands them out: 
 goes back to the end of the line, a customer takes the token that has been free longest (ties
 by the order they came back), and when all are busy the first one to come back.
 
-Compiled with numba when it is there (about 50x a Python loop; `python -m jsorc_sim.fifo`
+Compiled with numba when it is there (70-80x a Python loop here; `python -m jsorc_sim.fifo`
 measures both); `serve_python` is the same loop uncompiled, kept as the reference the tests
 and the benchmark hold the compiled one to.
 """

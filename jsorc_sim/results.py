@@ -273,8 +273,9 @@ class Result:
     def resolved_scenario(self) -> str:
         table = self.scenario.to_dict()
         # Absolute paths: the file is read from the output folder, not the original's.
-        if table["workload"]["trace"]:
-            table["workload"]["trace"] = str(self.scenario.resolve(table["workload"]["trace"])
+        for key in ("trace", "durations", "memory"):  # the workload's files
+            if table["workload"].get(key):
+                table["workload"][key] = str(self.scenario.resolve(table["workload"][key])
                                              .resolve())
         for action in table["actions"].values():
             if action["service"]["file"]:
@@ -339,8 +340,13 @@ def warmup_warning(scenario: Scenario, arrivals: int, after_warmup: int,
     Only traces can end before warm-up does (Poisson and closed-loop workloads go on to
     `duration_s`). It is a warning, not an error: a trace's span is known only once it is
     read, and the run's cost figures are still true."""
-    if (scenario.workload.kind != "trace" or scenario.warmup_s <= 0 or after_warmup > 0
-            or arrivals == 0):  # no arrival at all is the trace's emptiness, not warm-up's
+    if scenario.workload.kind != "trace":
+        return ""
+    if arrivals == 0:  # nothing replayed at all: the window missed the trace, say so too
+        return (f"the trace replayed no arrival in the run's {scenario.duration_s:g} s "
+                f"({scenario.workload.trace}): walker_run measures nothing; check duration_s, "
+                "workload.time_scale, workload.trace_origin and the map")
+    if scenario.warmup_s <= 0 or after_warmup > 0:
         return ""
     span = "" if last_arrival_s is None else f", the last at {last_arrival_s:g} s"
     return (f"warmup_s = {scenario.warmup_s:g} s is longer than the trace's span in this run "

@@ -221,8 +221,9 @@ class Runtime:
         return True
 
     def out_of_memory(self, detail: str) -> None:
-        if self.fast is not None:
-            self.fast.before_change()  # the requests it holds fail with SimPy's
+        # The fast path never holds requests here: it runs only while no action loads, and an
+        # out-of-memory event comes from a load.
+        assert self.fast is None or not self.fast.active, "out of memory during a fast stretch"
         env = self.env
         self.oom_events += 1
         self.recorder.event(env.now, "out_of_memory", detail)

@@ -368,8 +368,12 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "scenario", base_dir: str
         # Reads the trace's stream names (and the durations/memory files): only these
         # scenarios pay for jsorc_traces at load time.
         from jsorc_sim.trace_streams import per_function
+        from jsorc_traces import TraceError
 
-        scenario = per_function(scenario, source)
+        try:
+            scenario = per_function(scenario, source)
+        except TraceError as exc:  # a bad trace, durations or memory file is the scenario's
+            raise ScenarioError(source, [str(exc)]) from None
     return scenario
 
 

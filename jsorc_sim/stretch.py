@@ -227,6 +227,8 @@ class Table:
 
     def finished_at(self) -> np.ndarray:
         """Each request's end (its last call's, or its compute's); NaN while unsolved."""
+        if self.width == 0:  # no app makes a call: a request ends with its compute
+            return self.c_end.copy()
         last = self.n_calls[self.app] - 1
         ends = self.end[np.arange(len(self)), np.maximum(last, 0)]
         return np.where(last >= 0, ends, self.c_end)

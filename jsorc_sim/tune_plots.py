@@ -136,7 +136,9 @@ def trajectory_plot(frame: pd.DataFrame, path: str | Path, *, title: str = "") -
     if log:
         ax.set_yscale("log")
     elif finite.size:
-        ax.set_ylim(bottom=min(0.0, float(finite.min())), top=top * 1.08)
+        low, high = min(0.0, float(finite.min())), max(0.0, float(finite.max()))
+        pad = 0.08 * ((high - low) or abs(top) or 1.0)  # negative objectives fit too
+        ax.set_ylim(bottom=low - (pad if low < 0 else 0.0), top=high + pad)
     ax.set_xlabel("trial (candidates in the order the search asked for them)")
     ax.set_ylabel("train objective (lower is better)" + (", log scale" if log else ""))
     ax.grid(alpha=0.3, linewidth=0.6)

@@ -286,12 +286,17 @@ def load_policy_file(path: str | Path) -> str:
         raise PolicyError(f"policy file {str(path)!r} cannot be imported")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    # Its folder is on the search path while it imports, so it may import its siblings (as
+    # a file given by path to `jsorc-sim run` may: policies.sources).
+    sys.path.insert(0, str(file.parent))
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
         raise PolicyError(f"policy file {str(path)!r} failed to import: "
-                          f"{type(exc).__name__}: {exc}") from None
+                          f"{sources.describe_exception(exc)}") from None
+    finally:
+        sys.path.remove(str(file.parent))
     return name
 
 

@@ -42,7 +42,7 @@ from policies.errors import PolicyError
 ENTRY_POINT_GROUP = "jsorc.policies"
 
 # Two threads of a server resolving the same new file must not both run it.
-_LOADING = threading.Lock()
+_LOADING = threading.RLock()  # re-entrant: a policy file may resolve another file
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from jsorc_sim import fifo
 from jsorc_sim.fastpath import FastPathError, static_reasons
 from jsorc_sim.fifo import serve, serve_python
 from jsorc_sim.results import Result
 from jsorc_sim.scenario import Scenario, from_dict
 from jsorc_sim.simulate import simulate
-from policies import Decision, Mode, Observation, Placement, make
+from policies import Decision, Observation, Placement, make
 
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
 RTOL = 1e-9
@@ -205,8 +206,10 @@ def test_compiled_kernel_is_the_python_loop() -> None:
         free, order = np.zeros(3), np.arange(3)
         start, token, counter = fn(arrival, service, free, order, 3)
         out.append((start, token, counter, free))
+    assert fifo._serve is not fifo.serve_python  # the compiled kernel ran, not the loop twice
     assert (out[0][1] == out[1][1]).all() and out[0][2] == out[1][2]
     np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][3], out[1][3])
 
 
 def test_one_server_is_lindley() -> None:
@@ -415,9 +418,96 @@ def test_local_placement_runs_on_simpy_and_says_so() -> None:
     engine = result.extra["engine"]
     assert engine["fast_s"] == 0.0
     assert any("not settled on ready replicas" in r for r in engine["not_fast_because"])
-    assert Mode.LOCAL.value == "local"
 
 
 def test_bad_mode_is_named() -> None:
     with pytest.raises(ValueError, match="'sometimes'"):
         simulate(mmc(duration_s=120), "none", fast="sometimes")
+
+
+def test_quantized_trace_times_and_a_call_free_app(tmp_path: Path) -> None:
+    """Arrivals on whole seconds (ties, and the last SimPy request ending exactly at a step),
+    constant services, a two-call chain and an app that makes no call at all."""
+    rows = ["ts,app"] + [f"{t},{'x' if t % 3 else 'y'}" for t in range(0, 600, 1)
+                         for _ in range(1 + t % 2)]
+    trace = tmp_path / "requests.csv"
+    trace.write_text("\n".join(rows) + "\n")
+    scenario = from_dict({
+        "name": "quantized", "duration_s": 600, "timeline_s": 10, "node": {"cores": 2},
+        "actions": {"a": {"service": {"dist": "const", "mean_ms": 250}},
+                    "b": {"service": {"dist": "const", "mean_ms": 500}}},
+        "apps": {"x": {"calls": ["a", "b"]}, "y": {"compute_ms": 40, "calls": []}},
+        "workload": {"kind": "trace", "trace": str(trace), "trace_format": "requests"},
+        "placement": {"a": "remote:2", "b": "remote:2"},
+        "policy": {"name": "none", "interval_s": 10},
+    })
+    plan = ["remote:3", "remote:1", "remote:2"]
+    slow_policy, fast_policy = Recording(Toggle(plan, 2)), Recording(Toggle(plan, 2))
+    slow = simulate(scenario, slow_policy, fast="off")
+    fast = simulate(scenario, fast_policy, fast="auto")
+    assert_same(slow, fast)
+    assert_same_observations(slow_policy.seen, fast_policy.seen)
+    assert fast.extra["engine"]["fast_s"] > 0
+
+
+def test_out_of_memory_then_the_fast_path_again() -> None:
+    """A move to local that runs out of memory, a restart, then remote again: calls of the
+    failed requests still hold replicas for a while, and the fast path waits for them."""
+    scenario = mmc(duration_s=900, node={"memory_mb": 1200, "restart_s": 5.0},
+                   policy={"name": "none", "interval_s": 15},
+                   workload={"kind": "poisson", "rate_per_s": 6.0})
+    scenario = dataclasses.replace(scenario, actions={
+        "a": dataclasses.replace(scenario.actions["a"], local_memory_mb=2000, local_load_s=1.0,
+                                 remote_start_s=1.0,
+                                 service=dataclasses.replace(scenario.actions["a"].service,
+                                                             mean_ms=400.0))})
+    plan = ["local", "remote:4", "remote:6"]
+    slow_policy, fast_policy = Recording(Toggle(plan, 3)), Recording(Toggle(plan, 3))
+    slow = simulate(scenario, slow_policy, fast="off")
+    fast = simulate(scenario, fast_policy, fast="auto")
+    assert slow.meters.oom_events > 0
+    assert_same(slow, fast)
+    assert_same_observations(slow_policy.seen, fast_policy.seen)
+    engine = fast.extra["engine"]
+    assert engine["fast_s"] > 0 and engine["hand_backs"] > 0, engine
+
+
+class LoadOnce:
+    """Moves an unused, too-big action local at the second step: out of memory."""
+
+    params = None
+    policy_name = "load_once"
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def reset(self, seed: int) -> None:
+        self.step = 0
+
+    def decide(self, observation: Observation) -> Decision:
+        self.step += 1
+        if self.step == 2:
+            return Decision({"m": Placement.local()}, "boom")
+        return Decision({}, "")
+
+
+def test_calls_of_failed_requests_hold_their_replicas() -> None:
+    """After an out-of-memory restart a failed request's 20 s call still holds its replica:
+    the fast path waits for it to come back before it takes over (else one server short)."""
+    scenario = from_dict({
+        "name": "orphans", "duration_s": 200, "timeline_s": 5, "seed": 3,
+        "node": {"memory_mb": 2000, "restart_s": 2},
+        "policy": {"name": "none", "interval_s": 5},
+        "actions": {"a": {"service": {"dist": "const", "mean_ms": 20000}},
+                    "m": {"service": {"mean_ms": 5}, "local_memory_mb": 5000}},
+        "apps": {"x": {"calls": ["a"]}},
+        "workload": {"kind": "poisson", "rate_per_s": 0.08},
+        "placement": {"a": "remote:3", "m": "unloaded"},
+    })
+    slow = simulate(scenario, LoadOnce(), fast="off")
+    fast = simulate(scenario, LoadOnce(), fast="auto")
+    assert slow.meters.oom_events == 1
+    assert_same(slow, fast)
+    engine = fast.extra["engine"]
+    assert any("still hold" in r for r in engine["not_fast_because"]), engine
+    assert engine["fast_s"] > 0
