@@ -10,6 +10,7 @@ child so far, so a second run would report the first one's peak.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -103,3 +104,30 @@ def crashed(what: str, run: Timed) -> bool:
     tail = "\n".join(run.stderr.strip().splitlines()[-15:])
     print(f"  CRASHED: {what} (exit {run.returncode}):\n{tail}", flush=True)
     return True
+
+
+def positive(text: str) -> int:
+    """argparse type: a whole number > 0."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text!r}")
+    return value
+
+
+# The experiment slice the sweep benchmarks run (bench_experiment, bench_dask).
+LOADTEST = REPO / "experiments" / "jsorc_loadtest.toml"
+QUICK_APPS, QUICK_SEEDS, QUICK_DURATION_S = 1, 1, 120.0  # the scenario warms up 60 s
+
+
+def slice_arguments(description: str, apps: int, argv: Sequence[str] | None) -> argparse.Namespace:
+    """--apps, --seeds, --duration and --quick (a tiny slice, for a smoke test)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--apps", type=int, default=apps)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--duration", type=float, help="simulated s per cell (default: the "
+                        "experiment's)")
+    parser.add_argument("--quick", action="store_true", help="a tiny slice, for a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.apps, args.seeds, args.duration = QUICK_APPS, QUICK_SEEDS, QUICK_DURATION_S
+    return args

@@ -14,7 +14,6 @@ reports, it does not gate: the exit code is 0 unless something crashed.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -24,13 +23,12 @@ from typing import Any
 
 import pandas as pd
 import tomli_w
-from bench_common import REPO, crashed, jsorc_sim, timed, verdict
+from bench_common import LOADTEST, crashed, jsorc_sim, slice_arguments, timed, verdict
 
-EXPERIMENT = REPO / "experiments" / "jsorc_loadtest.toml"
+EXPERIMENT = LOADTEST
 # Target: the cluster runs the sweep about as fast as two local worker processes (the same two
 # cores); Dask's scheduling and its worker processes cost a little, so within 1.25x of it.
 OVERHEAD_TARGET = 1.25
-QUICK_APPS, QUICK_SEEDS, QUICK_DURATION_S = 1, 1, 120.0  # the scenario warms up 60 s
 
 
 def sweep(apps: int, seeds: int, duration_s: float | None) -> dict[str, Any]:
@@ -48,15 +46,7 @@ def sweep(apps: int, seeds: int, duration_s: float | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--apps", type=int, default=2)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--duration", type=float, help="simulated s per cell (default: the "
-                        "experiment's)")
-    parser.add_argument("--quick", action="store_true", help="a tiny slice, for a smoke test")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.apps, args.seeds, args.duration = QUICK_APPS, QUICK_SEEDS, QUICK_DURATION_S
+    args = slice_arguments(__doc__.splitlines()[0], 2, argv)
     from distributed import LocalCluster
 
     table = sweep(args.apps, args.seeds, args.duration)

@@ -11,31 +11,22 @@ benchmark reports, it does not gate: the exit code is 0 unless something crashed
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+from bench_common import LOADTEST, slice_arguments
 
 from jsorc_sim.experiment import load_experiment, run_experiment
 
-EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "jsorc_loadtest.toml"
+EXPERIMENT = LOADTEST
 TARGET = 1.7  # --workers 2 over --workers 1, wall time
-QUICK_APPS, QUICK_SEEDS, QUICK_DURATION_S = 1, 1, 120.0  # the scenario warms up 60 s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--apps", type=int, default=4)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--duration", type=float, help="simulated s per cell (default: the "
-                        "experiment's)")
-    parser.add_argument("--quick", action="store_true", help="a tiny slice, for a smoke test")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.apps, args.seeds, args.duration = QUICK_APPS, QUICK_SEEDS, QUICK_DURATION_S
+    args = slice_arguments(__doc__.splitlines()[0], 4, argv)
     exp = load_experiment(EXPERIMENT)
     entry = exp.scenarios[0]
     entry = dataclasses.replace(entry, apps=entry.apps[: args.apps],

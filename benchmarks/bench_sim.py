@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 import simpy
-from bench_common import crashed, jsorc_sim, timed, verdict
+from bench_common import crashed, jsorc_sim, positive, timed, verdict
 
 from jsorc_sim import fifo
 from jsorc_sim.results import Result
@@ -231,18 +231,13 @@ def whole_process_simpy(calls: int, repeats: int) -> None:
           f"SimPy script on the same arrivals, {calls:,} calls, {repeats} runs each, "
           "interleaved", flush=True)
     try:
-        from whole_process import measure  # benchmarks/whole_process.py
+        from whole_process import measure, print_figures  # benchmarks/whole_process.py
     except ImportError as exc:
         print(f"  not measured: benchmarks/whole_process.py is not there ({exc})")
         return
     figures = measure(calls, repeats)
-    print(f"  {'':<16}  {'median wall s':>13}  {'best wall s':>11}  {'peak MB':>8}")
-    for model, label in (("bare", "bare script"), ("full", "jsorc-sim run")):
-        print(f"  {label:<16}  {figures[f'{model}_wall_s']:>13.3f}  "
-              f"{figures[f'{model}_best_s']:>11.3f}  {figures[f'{model}_peak_mb']:>8,.0f}")
+    print_figures(figures)
     ratio = figures["ratio"]
-    print(f"  whole-process ratio bare/full: {ratio:.2f} (medians), {figures['ratio_best']:.2f} "
-          f"(bests), pairs {figures['pairs_min']:.2f}..{figures['pairs_max']:.2f}")
     verdict(ratio >= WHOLE_RATIO_TARGET,
             f"SimPy path, whole process, at least {WHOLE_RATIO_TARGET} of bare SimPy: "
             f"{ratio:.2f}")
@@ -413,13 +408,6 @@ def profile(which: str, calls: int) -> None:
         run_bare(ts, service_s, CORES, sc.duration_s)
     profiler.disable()
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import positive
+
 RATIO_TARGET = 0.6  # full model's whole-process speed over bare SimPy's
 TIME = "/usr/bin/time"
 
@@ -205,11 +207,15 @@ def import_times(module: str = "jsorc_sim.cli", top: int = 15) -> list[tuple[flo
     return sorted(rows, reverse=True)[:top]
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text!r}")
-    return value
+def print_figures(figures: dict[str, float]) -> None:
+    """The table of `measure`'s medians and bests, and the ratio with its spread."""
+    print(f"  {'':<16}  {'median wall s':>13}  {'best wall s':>11}  {'peak MB':>8}")
+    for model, label in (("bare", "bare script"), ("full", "jsorc-sim run")):
+        print(f"  {label:<16}  {figures[f'{model}_wall_s']:>13.3f}  "
+              f"{figures[f'{model}_best_s']:>11.3f}  {figures[f'{model}_peak_mb']:>8,.0f}")
+    print(f"  whole-process ratio bare/full: {figures['ratio']:.2f} (medians), "
+          f"{figures['ratio_best']:.2f} (bests), pairs {figures['pairs_min']:.2f}.."
+          f"{figures['pairs_max']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,13 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Whole process, fresh subprocesses, interleaved, {args.repeats} runs each: "
           f"{args.calls:,} calls of bench_sim.py's M/M/c", flush=True)
     result = measure(args.calls, args.repeats)
-    print(f"  {'':<22}  {'median wall s':>13}  {'best wall s':>11}  {'peak RSS MB':>11}")
-    for model, label in (("bare", "bare SimPy script"), ("full", "jsorc-sim run")):
-        print(f"  {label:<22}  {result[f'{model}_wall_s']:>13.3f}  "
-              f"{result[f'{model}_best_s']:>11.3f}  {result[f'{model}_peak_mb']:>11.0f}")
+    print_figures(result)
     ratio = result["ratio"]
-    print(f"  ratio bare/full: {ratio:.2f} (medians), {result['ratio_best']:.2f} (bests), "
-          f"pairs {result['pairs_min']:.2f}..{result['pairs_max']:.2f}")
     print(f"  {'PASS' if ratio >= RATIO_TARGET else 'FALL SHORT'}: jsorc-sim run, whole "
           f"process, at least {RATIO_TARGET} of bare SimPy: {ratio:.2f}")
     if args.imports:

@@ -224,6 +224,7 @@ class ActionRuntime:
             sent = env.now if cold else issued
             req: Request | None = None  # per_replica mode: the replica's queue slot
             moved_local = False
+            held = False  # a handed-back call already in service on its replica
             try:
                 if resume is None:
                     signals.dispatched(token, sent, REMOTE)
@@ -237,11 +238,13 @@ class ActionRuntime:
                     queued = env.now if network_ms else sent
                 else:  # handed back by the fast path: dispatched, maybe on a replica
                     queued = resume.queued
-                    if resume.replica is not None:
+                    held = resume.replica is not None
+                    if held:
                         yield from self._resumed_service(resume, service_ms)
                     elif queued > env.now:
                         yield env.timeout(queued - env.now)  # the rest of the wire
-                if resume is not None and resume.replica is not None:
+                if held:
+                    assert resume is not None and resume.replica is not None
                     replica_id, start = resume.replica, resume.start
                 else:
                     if not pool.ready and not pool.slots.get_queue:

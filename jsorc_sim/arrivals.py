@@ -51,6 +51,8 @@ class OpenSource:
         self.samplers = samplers
         self.app_calls = [tuple(calls) for calls in app_calls]
         self.width = max((len(c) for c in self.app_calls), default=0)
+        self.grid = call_grid(self.app_calls)
+        self._by_action = _distinct_samplers(samplers, self.app_calls)
         self._ts = np.empty(0)
         self._app = np.empty(0, dtype=np.int64)
         self._size = np.empty(0)
@@ -94,12 +96,8 @@ class OpenSource:
         size = np.concatenate([p[2] for p in parts])
         draws = np.full((len(ts), self.width), np.nan)
         if len(ts):
-            # Which action each (request, position) calls; -1 past an app's last call.
-            table = np.full((len(self.app_calls), self.width), -1, dtype=np.int64)
-            for code, calls in enumerate(self.app_calls):
-                table[code, :len(calls)] = calls
-            grid = table[app]
-            for code, sampler in _distinct_samplers(self.samplers, self.app_calls).items():
+            grid = self.grid[app][:, :self.width]
+            for code, sampler in self._by_action.items():
                 rows, cols = np.nonzero(grid == code)  # row-major: request, then position
                 if len(rows):
                     draws[rows, cols] = sampler.take(len(rows))
@@ -113,6 +111,16 @@ class OpenSource:
         self._ts, self._app, self._size = more
         self._i = 0
         return True
+
+
+def call_grid(app_calls: Sequence[Sequence[int]]) -> np.ndarray:
+    """Which action each (app, call position) calls; -1 past an app's last call (at least
+    one column, so an app with no calls still has a row to index)."""
+    width = max([len(calls) for calls in app_calls] + [1])
+    grid = np.full((len(app_calls), width), -1, dtype=np.int64)
+    for code, calls in enumerate(app_calls):
+        grid[code, :len(calls)] = calls
+    return grid
 
 
 def _distinct_samplers(samplers: Sequence[tuple[Sampler, ...]],

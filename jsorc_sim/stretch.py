@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jsorc_sim import fifo
-from jsorc_sim.arrivals import Block
+from jsorc_sim.arrivals import Block, call_grid
 
 NAN = np.nan
 CORES = -1  # the node's cores, as a queue; actions are queues 0..n-1 by code
@@ -119,10 +119,7 @@ class Table:
         self.per_size = np.asarray(service_per_size_ms, dtype=float)
         self.network_ms = np.asarray(network_ms, dtype=float)
         self.width = width
-        # Which action each (app, position) calls; -1 past its last call.
-        self.grid = np.full((len(paths.calls), max(width, 1)), -1, dtype=np.int64)
-        for code, chain in enumerate(paths.calls):
-            self.grid[code, :len(chain)] = chain
+        self.grid = call_grid(paths.calls)
         self.n_calls = np.array([len(c) for c in paths.calls], dtype=np.int64)
         self.compute = np.asarray(paths.compute_s, dtype=float)
         self.rid = np.empty(0, dtype=np.int64)
