@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Fresh clone: ../shared/traces sits beside the repository (CI lays it there too).
 export JSORC_TRACES ?= $(abspath ../shared/traces)
 
-.PHONY: setup jaseci-env demo demo-live demo-kube test lint typecheck bench results chaos validate clean
+.PHONY: setup jaseci-env rl-env demo demo-live demo-kube test lint typecheck bench results chaos validate clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,17 @@ $(JASECI_STAMP): Makefile
 	$(JASECI_VENV)/bin/pip install --quiet --disable-pip-version-check $(JASECI_PINS)
 	touch $(JASECI_STAMP)
 
+# The `rl` extra (stable-baselines3 and torch) for the learned baseline, its tests and
+# notebooks/04. PyPI's torch brings the CUDA libraries: ~5 GB and ~60-75 s the first time, so
+# `make setup` and `make demo` stay without it; re-installed only when pyproject.toml changes.
+RL_STAMP := $(VENV)/.rl-installed
+
+rl-env: $(RL_STAMP)
+
+$(RL_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[rl]'
+	touch $(RL_STAMP)
+
 demo: setup
 	$(BIN)/python experiments/demo.py --out runs/demo
 
@@ -48,7 +59,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: lint typecheck jaseci-env
+test: lint typecheck jaseci-env rl-env
 	$(BIN)/python -m pytest -n 2 -q
 
 # Issue #12's figures, each with its target and PASS / FALL SHORT; about 15 minutes on 2 cores

@@ -212,6 +212,17 @@ def render_real_traces(run: Run) -> str:
     return fence(span(run.stdout, "average_latency (mean", "wrote "))
 
 
+def render_comparison(run: Run) -> str:
+    """`jsorc-sim compare experiments/comparison.toml`: its first line, the tuned values, the
+    per-cell comparison of model_based with the best tuned baseline and the targets (the full
+    per-cell tables are in docs/comparison_tables.txt)."""
+    return "\n\n".join([
+        prose(paragraph(run.stdout, "Comparison ").replace("\n", " ")),
+        fence(span(run.stdout, "Tuned values", "Per workload cell")),
+        fence(span(run.stdout, "model_based against the best", "Targets:")),
+        fence(span(run.stdout, "Targets:", "\0"))])
+
+
 def read_cells(path: Path) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
     """policy_table.py's cells CSV as app -> policy -> seed -> {column: value}; an empty
     value (no walker run succeeded, or a column the hindsight rows lack) is NaN."""
@@ -444,6 +455,12 @@ BLOCKS: tuple[Block, ...] = (
           figures=(("timeline_azure_llm_2023.png", "docs/llm_trace_timeline.png"),
                    ("summary.png", "docs/real_traces_summary.png"),
                    ("cost.png", "docs/latency_vs_cost.png"))),
+    # The fair comparison of issue #14: 13 tunes, five workloads, the bound; about 45 minutes.
+    Block("comparison", ("jsorc-sim", "compare", "experiments/comparison.toml", "--out",
+                         "{out}"), render_comparison,
+          figures=(("pareto_loadtest_clients8.png", "docs/pareto_loadtest_8_clients.png"),
+                   ("pareto_azure_llm_2023.png", "docs/pareto_llm_trace.png"),
+                   ("tables.txt", "docs/comparison_tables.txt"))),
     Block("tune", ("jsorc-sim", "tune", "experiments/tune_model_based.toml", "--workers", "2",
                    "--out", "{out}"), render_tune),
     Block("policy_table_1", ("python", "experiments/policy_table.py", "--clients", "1",

@@ -159,6 +159,70 @@ class PoissonSource(OpenSource):
         return ts, apps, np.zeros(BATCH)
 
 
+@dataclass(frozen=True)
+class MixPhases:
+    """The app mix over time: from `starts[i]` on (`starts[0]` = 0), apps are drawn by row i of
+    `cdf` (each row the cumulative probabilities of the apps, ending at 1).
+
+    A draw is one uniform u per request, the app the first whose cumulative probability
+    exceeds u: what `Generator.choice(p=...)` does with its uniforms, so an app of weight 0
+    is never drawn."""
+
+    starts: np.ndarray
+    cdf: np.ndarray  # shape (phases, apps)
+
+    @classmethod
+    def of(cls, starts: Sequence[float], weights: Sequence[Sequence[float]]) -> MixPhases:
+        cdf = np.cumsum(np.asarray(weights, dtype=float), axis=1)
+        return cls(np.asarray(starts, dtype=float), cdf / cdf[:, -1:])
+
+    def phase_at(self, ts: np.ndarray) -> np.ndarray:
+        """The phase each time falls in (a phase begins at its start)."""
+        phase: np.ndarray = np.searchsorted(self.starts, ts, side="right") - 1
+        return phase
+
+    def pick(self, u: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """The app of each request, from its uniform and its phase."""
+        apps = np.empty(len(u), dtype=np.int64)
+        for p in np.unique(phase):
+            where = phase == p
+            apps[where] = np.searchsorted(self.cdf[p], u[where], side="right")
+        return apps
+
+
+class PhasedPoissonSource(OpenSource):
+    """Poisson arrivals whose rate and mix step at phase starts (`[[workload.phases]]`).
+
+    The arrivals are a unit-rate Poisson process on the operational clock (the integral of the
+    rate), mapped back to the run's clock phase by phase: a piecewise-constant-rate Poisson
+    process. Per block of BATCH: the unit gaps, then one uniform per request for its app (by
+    the mix of the phase it arrives in)."""
+
+    def __init__(self, rates: Sequence[float], mixes: MixPhases, rng: np.random.Generator,
+                 samplers: Sequence[tuple[Sampler, ...]],
+                 app_calls: Sequence[Sequence[int]]) -> None:
+        super().__init__(samplers, app_calls)
+        self.rates = np.asarray(rates, dtype=float)
+        self.mixes = mixes
+        self.rng = rng
+        # The operational clock at each phase start.
+        self.opened = np.concatenate(([0.0], np.cumsum(np.diff(mixes.starts) * self.rates[:-1])))
+        self._last = 0.0  # on the operational clock
+        self._last_ts = 0.0
+
+    def _more(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        gaps = self.rng.exponential(1.0, BATCH)
+        u = self.rng.random(BATCH)
+        clock = np.cumsum(np.concatenate(([self._last], gaps)))[1:]
+        self._last = float(clock[-1])
+        phase = np.searchsorted(self.opened, clock, side="right") - 1
+        ts = self.mixes.starts[phase] + (clock - self.opened[phase]) / self.rates[phase]
+        # Rounding at a phase start must not put an arrival before the one before it.
+        ts = np.maximum.accumulate(np.maximum(ts, self._last_ts))
+        self._last_ts = float(ts[-1])
+        return ts, self.mixes.pick(u, phase), np.zeros(BATCH)
+
+
 class TraceSource(OpenSource):
     """A trace's requests, read a window at a time as the run consumes them, so the run holds
     one window of the trace, not all of it (jsorc_sim.workload.trace_requests).

@@ -8,6 +8,10 @@
     jsorc-sim trace info FILE [--format F] [--top N] [--json] [--plot PNG]
     jsorc-sim experiment FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
     jsorc-sim tune FILE.toml [--workers N] [--scheduler ADDR] [--out DIR] ...
+    jsorc-sim bound SCENARIO.toml [--app A] [--seed N] [--set k=v]... [--duration S]
+                    [--stretches K] [--objective EXPR] [--ladder 1,2,4,8] [--workers N]
+                    [--json] [--out DIR]
+    jsorc-sim compare FILE.toml [--out DIR] [--workers N] [--traces DIR] [--quick]
     jsorc-sim calibrate DIR [DIR ...] --out SCENARIO.toml [--base SCENARIO.toml]
     jsorc-sim validate [--out DIR] [--short] [--duration S] [--set dotted.path=value]...
                        [--reuse-runs]
@@ -134,10 +138,12 @@ def _parser(others: bool = True) -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     if others:
-        from jsorc_sim import experiment, tune, validate
+        from jsorc_sim import clairvoyant, compare, experiment, tune, validate
 
         experiment.add_parser(sub)
         tune.add_parser(sub)
+        clairvoyant.add_parser(sub)
+        compare.add_parser(sub)
         validate.add_parser(sub)
 
     cal = sub.add_parser("calibrate", help="fit a scenario to live loadtest folders",

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from jsorc_sim import outputs
+from jsorc_sim import latency_cost, outputs
 from jsorc_sim.results import COST_METRICS, RUN_KIND, WALKER_METRICS, version
 from jsorc_sim.scenario import Scenario, ScenarioError, from_dict, load, read_toml, set_path
 from policies import PolicyError, absolute_ref, make
@@ -397,6 +398,8 @@ class ExperimentResult:
     failed: int
     warnings: tuple[str, ...] = ()  # the runs' own (warm-up longer than a trace), per variant
     policy_errors: tuple[str, ...] = ()  # per policy: failed decisions and the first error
+    # latency_cost.csv: latency beside cost per scenario, app, grid point and policy.
+    latency_cost: pd.DataFrame | None = None
 
 
 def run_experiment(exp: Experiment, out: str | Path | None = None, *, workers: int | None = None,
@@ -424,6 +427,9 @@ def run_experiment(exp: Experiment, out: str | Path | None = None, *, workers: i
     paired = pair(results, exp.baseline) if exp.baseline else pd.DataFrame()
     _write_parquet(out / "results.parquet", results)
     _write_text(out / "summary.csv", summary.to_csv(index=False))
+    # Collected whatever `metrics` the file lists: every cell's report keeps the cost keys.
+    beside = latency_cost.frame(summary)
+    _write_text(out / "latency_cost.csv", beside.to_csv(index=False))
     if exp.baseline:
         _write_text(out / "paired.csv", paired.to_csv(index=False))
     _plots(exp, all_cells, summary, paired, out, svg)
@@ -437,7 +443,7 @@ def run_experiment(exp: Experiment, out: str | Path | None = None, *, workers: i
     manifest["policy_errors"] = list(errors)
     _write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return ExperimentResult(out, results, summary, paired, len(todo),
-                            len(all_cells) - len(todo), failed, found, errors)
+                            len(all_cells) - len(todo), failed, found, errors, beside)
 
 
 def run_warnings(all_cells: Sequence[Cell], cell_dir: Path) -> tuple[str, ...]:
@@ -519,8 +525,8 @@ def _experiment_in(out: Path) -> str | None:
 
 #: What an experiment writes at the top of its folder (besides cells/): `--overwrite`
 #: deletes these and nothing else.
-_OUTPUTS = ("manifest.json", "results.parquet", "summary.csv", "paired.csv", "summary.*",
-            "speedup.*", "timeline_*.*", "cost.*")
+_OUTPUTS = ("manifest.json", "results.parquet", "summary.csv", "latency_cost.csv",
+            "paired.csv", "summary.*", "speedup.*", "timeline_*.*", "cost.*")
 
 
 def _clear(out: Path) -> None:
@@ -553,7 +559,11 @@ def _executor(workers: int | None, scheduler: str | None) -> tuple[Executor, Cal
         client = Client(scheduler, timeout="20s")  # type: ignore[no-untyped-call]
         dask_executor = client.get_executor()  # type: ignore[no-untyped-call]
         return dask_executor, client.close
-    pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+    # Forked workers inherit this process's threads' locks: once torch (a learned policy,
+    # checked here by building it) has started its thread pool, a forked worker that uses it
+    # hangs. Then the workers start from a clean server process instead (slower to start).
+    context = multiprocessing.get_context("forkserver") if "torch" in sys.modules else None
+    pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context)
     return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -884,6 +894,9 @@ def _cli(args: argparse.Namespace) -> int:
     print(f"experiment {exp.name}: {done.ran} cells run, {done.skipped} already done"
           + (f", {done.failed} failed (see cells/*.json)" if done.failed else ""))
     print(headline(exp, done.summary, done.paired))
+    if done.latency_cost is not None:
+        print("\n" + latency_cost.format_table(done.latency_cost, exp.seeds,
+                                               [p.label for p in exp.policies]))
     if done.policy_errors:  # also in manifest.json
         print("\npolicy errors (those decisions kept the last placement):\n"
               + "\n".join(f"  {line}" for line in done.policy_errors))

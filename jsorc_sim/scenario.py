@@ -135,6 +135,21 @@ class AppSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PhaseSpec:
+    """From `start_s` on, the workload changes: what a phase leaves out stays as it was.
+
+    A request's app is drawn by the mix of the phase it is issued in."""
+
+    start_s: float = spec(dataclasses.MISSING, "when the phase begins (simulated s, > 0, "
+                          "< duration_s; after the phase before)", positive=True)
+    mix: Mapping[str, float] = spec({}, "app -> weight from start_s on (default: unchanged)")
+    clients: int | None = spec(None, "closed: clients from start_s on (more start then; of "
+                               "fewer, the extra stop after their request)", positive=True)
+    rate_per_s: float | None = spec(None, "poisson: arrival rate from start_s on",
+                                    positive=True)
+
+
+@dataclass(frozen=True, kw_only=True)
 class WorkloadSpec:
     """Where requests come from."""
 
@@ -176,6 +191,21 @@ class WorkloadSpec:
                             choices=MEMORY_STATS)
     template: str = spec("", "per_function: the action each function's action copies "
                          "(default: the first)")
+    phases: tuple[PhaseSpec, ...] = spec((), "[[workload.phases]]: changes of the mix, "
+                                         "clients or rate from a time on")
+
+    def in_force(self) -> tuple[PhaseSpec, ...]:
+        """The workload from t = 0 and from each phase's start on, every field filled in
+        (what a phase leaves out carried over from the one before); the first starts at 0."""
+        now = PhaseSpec(start_s=0.0, mix=dict(self.mix), clients=self.clients,
+                        rate_per_s=self.rate_per_s)
+        out = [now]
+        for phase in self.phases:
+            now = PhaseSpec(start_s=phase.start_s, mix=dict(phase.mix or now.mix),
+                            clients=phase.clients or now.clients,
+                            rate_per_s=phase.rate_per_s or now.rate_per_s)
+            out.append(now)
+        return tuple(out)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,8 +244,12 @@ class Scenario:
         mapped = {k: v for k, v in self.workload.map.items() if v == app}
         # With a map, only the streams mapped to `app` are that app's traffic.
         unmapped = "drop" if self.workload.map else self.workload.unmapped
+        # One app leaves nothing to mix: the phases' mixes go, and a phase that changed only
+        # its mix with them; a step of the clients or the rate still applies.
+        phases = tuple(dataclasses.replace(p, mix={}) for p in self.workload.phases
+                       if p.clients is not None or p.rate_per_s is not None)
         workload = dataclasses.replace(self.workload, mix={app: 1.0}, map=mapped,
-                                       unmapped=unmapped)
+                                       unmapped=unmapped, phases=phases)
         return dataclasses.replace(
             self,
             apps={app: self.apps[app]},
@@ -230,6 +264,13 @@ class Scenario:
 
     def to_dict(self) -> dict[str, Any]:
         """The scenario as a TOML-ready table (defaults included, so it is fully resolved)."""
+        workload = _plain(self.workload)
+        # A run cut short (`simulate(duration_s=...)`) never reaches a phase at or past its
+        # end: left out, so the saved scenario loads and repeats the run. No phases, no key:
+        # a scenario without them saves as it did before there were any.
+        workload["phases"] = [p for p in workload["phases"] if p["start_s"] < self.duration_s]
+        if not workload["phases"]:
+            del workload["phases"]
         out: dict[str, Any] = {
             "name": self.name,
             "seed": self.seed,
@@ -240,7 +281,7 @@ class Scenario:
             "network": dataclasses.asdict(self.network),
             "actions": {n: _plain(a, skip=("name",)) for n, a in self.actions.items()},
             "apps": {n: _plain(a, skip=("name",)) for n, a in self.apps.items()},
-            "workload": _plain(self.workload),
+            "workload": workload,
             "placement": {n: str(p) for n, p in self.placement.items()},
             "policy": _plain(self.policy),
         }
@@ -258,7 +299,7 @@ def _plain(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         elif isinstance(value, Mapping):
             value = dict(value)
         elif isinstance(value, tuple):
-            value = list(value)
+            value = [_plain(v) if dataclasses.is_dataclass(v) else v for v in value]
         out[f.name] = value
     return out
 
@@ -345,7 +386,7 @@ def from_dict(raw: Mapping[str, Any], *, source: str = "scenario", base_dir: str
     apps = {}
     for name, table in _tables(raw.get("apps", {}), "apps", problems).items():
         apps[name] = _app(name, table, actions, problems)
-    workload = _workload(raw.get("workload", {}), apps, problems)
+    workload = _workload(raw.get("workload", {}), apps, top.get("duration_s", 600.0), problems)
     placement = _placement(raw.get("placement", {}), actions, problems)
     policy = _section(PolicySpec, raw.get("policy", {}), "policy", problems)
     if not actions:
@@ -531,24 +572,82 @@ def _app(name: str, table: Mapping[str, Any], actions: Mapping[str, ActionSpec],
     return AppSpec(name=name, calls=tuple(calls), **values)
 
 
-def _workload(value: Any, apps: Mapping[str, AppSpec], problems: list[str]) -> WorkloadSpec:
-    workload: WorkloadSpec = _section(WorkloadSpec, value, "workload", problems)
-    for app, weight in workload.mix.items():
-        if app not in apps:
-            problems.append(f"workload.mix: unknown app {app!r} (apps: {', '.join(apps)})")
-        elif isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-            problems.append(f"workload.mix.{app} must be a weight >= 0, got {weight!r}")
-    if workload.mix and not sum(float(w) for w in workload.mix.values()
-                                if isinstance(w, int | float)) > 0:
-        problems.append("workload.mix: the weights sum to 0")
+def _workload(value: Any, apps: Mapping[str, AppSpec], duration_s: float,
+              problems: list[str]) -> WorkloadSpec:
+    if not isinstance(value, Mapping):
+        problems.append(f"[workload] must be a table, got {value!r}")
+        value = {}
+    workload = WorkloadSpec(**_fields(WorkloadSpec, value, "workload", problems,
+                                      skip=("phases",)))
+    problems.extend(_mix_problems(workload.mix, apps, "workload.mix"))
+    workload = dataclasses.replace(
+        workload, phases=_phases(value.get("phases", []), workload, apps, duration_s, problems))
     for stream, app in workload.map.items():
         if app not in apps:
             problems.append(f"workload.map.{stream}: unknown app {app!r}")
     if workload.kind == "trace" and not workload.trace:
         problems.append("workload.trace: kind = \"trace\" needs trace = \"path\"")
     problems.extend(_stream_problems(workload))
-    mix = {a: float(w) for a, w in workload.mix.items()} if workload.mix else {a: 1.0 for a in apps}
-    return dataclasses.replace(workload, mix=mix)
+    return dataclasses.replace(workload, mix=_weights(workload.mix) or {a: 1.0 for a in apps})
+
+
+def _weights(mix: Mapping[str, Any]) -> dict[str, Any]:
+    # Only numbers are converted: anything else is already a problem, named by _mix_problems.
+    return {a: float(w) if isinstance(w, int | float) else w for a, w in mix.items()}
+
+
+def _mix_problems(mix: Mapping[str, Any], apps: Mapping[str, AppSpec], where: str) -> list[str]:
+    problems = []
+    for app, weight in mix.items():
+        if app not in apps:
+            problems.append(f"{where}: unknown app {app!r} (apps: {', '.join(apps)})")
+        elif isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            problems.append(f"{where}.{app} must be a weight >= 0, got {weight!r}")
+    if mix and not sum(float(w) for w in mix.values() if isinstance(w, int | float)) > 0:
+        problems.append(f"{where}: the weights sum to 0")
+    return problems
+
+
+def _phases(value: Any, workload: WorkloadSpec, apps: Mapping[str, AppSpec], duration_s: float,
+            problems: list[str]) -> tuple[PhaseSpec, ...]:
+    """The `[[workload.phases]]`, checked: each changes something its workload kind has, and
+    they start in order inside the run."""
+    if not isinstance(value, list | tuple):
+        problems.append(f"workload.phases must be a list of tables ([[workload.phases]]), "
+                        f"got {value!r}")
+        return ()
+    if value and workload.kind == "trace" and (workload.unmapped, workload.streams) != ("mix",
+                                                                                      "mix"):
+        problems.append(f"workload.phases change the mix that unmapped streams draw from; "
+                        f"with unmapped = {workload.unmapped!r} and streams = "
+                        f"{workload.streams!r} no arrival draws from it")
+    phases: list[PhaseSpec] = []
+    last = 0.0
+    for i, table in enumerate(value):
+        where = f"workload.phases[{i}]"
+        if not isinstance(table, Mapping):
+            problems.append(f"{where} must be a table, got {table!r}")
+            continue
+        values = _fields(PhaseSpec, table, where, problems)
+        if "start_s" not in values:
+            continue
+        phase = PhaseSpec(**values)
+        if phase.start_s <= last and phases:
+            problems.append(f"{where}.start_s = {phase.start_s:g} must be after "
+                            f"workload.phases[{i - 1}].start_s = {last:g}")
+        if phase.start_s >= duration_s:
+            problems.append(f"{where}.start_s = {phase.start_s:g} is at or past the end of the "
+                            f"run (duration_s = {duration_s:g})")
+        problems.extend(_mix_problems(phase.mix, apps, f"{where}.mix"))
+        for name, kind in (("clients", "closed"), ("rate_per_s", "poisson")):
+            if getattr(phase, name) is not None and workload.kind != kind:
+                problems.append(f"{where}.{name} needs kind = {kind!r}, got kind = "
+                                f"{workload.kind!r}")
+        if not (table.get("mix") or "clients" in table or "rate_per_s" in table):
+            problems.append(f"{where} changes nothing: give mix, clients or rate_per_s")
+        phases.append(dataclasses.replace(phase, mix=_weights(phase.mix)))
+        last = phase.start_s
+    return tuple(phases)
 
 
 def _stream_problems(workload: WorkloadSpec) -> list[str]:

@@ -6,6 +6,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,48 @@ def simulate(
     """
     if record not in RECORD_MODES:
         raise ValueError(f"record must be one of {', '.join(RECORD_MODES)}, got {record!r}")
+    scenario = resolve_scenario(scenario, overrides=overrides, app=app, seed=seed,
+                                duration_s=duration_s)
+
+    # A policy file's path made absolute (a scenario's from its folder, like its other paths;
+    # an argument's from the current one), so the saved scenario runs again from anywhere.
+    if policy is None:
+        policy_name = absolute_ref(scenario.policy.name, scenario.base_dir)
+        policy_params = dict(scenario.policy.params)
+        policy_obj = make(policy_name, policy_params)
+    elif isinstance(policy, str):
+        policy_name, policy_params = absolute_ref(policy), dict(params or {})
+        policy_obj = make(policy_name, policy_params)
+    else:
+        policy_obj = policy
+        policy_name = getattr(policy, "policy_name", type(policy).__name__)
+        given = policy.params
+        policy_params = dataclasses.asdict(given) \
+            if dataclasses.is_dataclass(given) and not isinstance(given, type) else {}
+
+    world = build(scenario, policy_name, policy_params, record=record, out=out, fast=fast,
+                  record_events=record_events, observed=policy_name != "none")
+    env, runtime = world.env, world.runtime
+    if policy_name != "none":
+        policy_obj.reset(int(world.streams["policy"].generate_state(1)[0]))
+        env.process(controller.control(env, runtime, policy_obj, scenario.policy.interval_s,
+                                       scenario.policy.on_error, policy_name))
+
+    started = time.perf_counter()
+    try:
+        status = _run(env, scenario.duration_s, progress)
+        world.recorder.finish()
+    except BaseException:
+        world.recorder.abort()  # no half-written table left in `out`
+        raise
+    return result(world, status, wall_s=time.perf_counter() - started, out=out)
+
+
+def resolve_scenario(scenario: Scenario | str | Path, *,
+                     overrides: Mapping[str, Any] | None = None, app: str | None = None,
+                     seed: int | None = None, duration_s: float | None = None) -> Scenario:
+    """The scenario a run uses: loaded if a path, then `overrides`, `app`, `seed` and
+    `duration_s` applied, in that order (as `simulate` documents)."""
     source = str(scenario)
     if not isinstance(scenario, Scenario):
         scenario = scenario_mod.load(scenario)
@@ -96,23 +139,31 @@ def simulate(
         replaced["duration_s"] = float(duration_s)
     if replaced:
         scenario = dataclasses.replace(scenario, **replaced)
+    return scenario
 
-    # A policy file's path made absolute (a scenario's from its folder, like its other paths;
-    # an argument's from the current one), so the saved scenario runs again from anywhere.
-    if policy is None:
-        policy_name = absolute_ref(scenario.policy.name, scenario.base_dir)
-        policy_params = dict(scenario.policy.params)
-        policy_obj = make(policy_name, policy_params)
-    elif isinstance(policy, str):
-        policy_name, policy_params = absolute_ref(policy), dict(params or {})
-        policy_obj = make(policy_name, policy_params)
-    else:
-        policy_obj = policy
-        policy_name = getattr(policy, "policy_name", type(policy).__name__)
-        given = policy.params
-        policy_params = dataclasses.asdict(given) \
-            if dataclasses.is_dataclass(given) and not isinstance(given, type) else {}
 
+@dataclass
+class World:
+    """A simulated world ready to run: everything but the control loop (see `build`)."""
+
+    scenario: Scenario
+    policy_name: str
+    policy_params: dict[str, Any]
+    env: simpy.Environment
+    streams: dict[str, np.random.SeedSequence]
+    recorder: Recorder
+    runtime: Runtime
+    fastpath: FastPath
+
+
+def build(scenario: Scenario, policy_name: str, policy_params: dict[str, Any], *,
+          record: str = "calls", out: str | Path | None = None, fast: str = "auto",
+          record_events: bool = False, observed: bool = True) -> World:
+    """The runtime, its workload, fast path and timeline sampler, registered with SimPy in
+    the order every run uses (the order of processes fixes the order of simultaneous events,
+    so it is part of the results). The caller registers its control loop next, if any:
+    `simulate` the policy's (jsorc_sim.controller.control), jsorc_sim.stepping its own.
+    `observed`: whether anything reads the observation window (else it is forgotten)."""
     recorder = Recorder(list(scenario.apps), list(scenario.actions), record=record,
                         warmup_s=scenario.warmup_s,
                         sink=results.sink(out) if out is not None else None)
@@ -125,41 +176,42 @@ def simulate(
     arrivals = workload.start(env, runtime, scenario, rng_streams)
     runtime.fast = fastpath = FastPath(runtime, arrivals, fast, record_events=record_events)
     env.process(controller.sample_timeline(env, runtime, scenario.timeline_s,
-                                           observed=policy_name != "none"))
-    if policy_name != "none":
-        policy_obj.reset(int(rng_streams["policy"].generate_state(1)[0]))
-        env.process(controller.control(env, runtime, policy_obj, scenario.policy.interval_s,
-                                       scenario.policy.on_error, policy_name))
+                                           observed=observed))
+    return World(scenario, policy_name, policy_params, env, rng_streams, recorder, runtime,
+                 fastpath)
 
-    started = time.perf_counter()
-    try:
-        status = _run(env, scenario.duration_s, progress)
-        recorder.finish()
-    except BaseException:
-        recorder.abort()  # no half-written table left in `out`
-        raise
-    meters = Meters(
+
+def meters(world: World) -> Meters:
+    """The runtime's time integrals and counts up to now."""
+    runtime = world.runtime
+    return Meters(
         node_memory_mb_s=runtime.memory.total(),
         replica_memory_mb_s=runtime.replica_memory.total(),
         replica_core_s=runtime.replica_cores.total(),
         peak_memory_mb=runtime.memory.peak,
         oom_events=runtime.oom_events,
         arrivals=runtime.arrivals,
-        ended_s=env.now,
+        ended_s=world.env.now,
         unfinished_arrivals=tuple(runtime.unfinished.values()),
     )
-    extra: dict[str, Any] = {"engine": fastpath.summary.as_dict(env.now)}
+
+
+def result(world: World, status: str = "ok", *, wall_s: float = 0.0,
+           out: str | Path | None = None) -> Result:
+    """The run's Result as of now (at the end, what `simulate` returns), saved in `out`."""
+    runtime = world.runtime
+    extra: dict[str, Any] = {"engine": world.fastpath.summary.as_dict(world.env.now)}
     if runtime.event_log is not None:
         extra["events"] = runtime.event_log.events
-    result = Result(scenario, policy_name, policy_params, runtime.recorder, meters, status,
-                    wall_s=time.perf_counter() - started, extra=extra)
+    run = Result(world.scenario, world.policy_name, world.policy_params, world.recorder,
+                 meters(world), status, wall_s=wall_s, extra=extra)
     if out is not None:
         try:
-            result.save(out)
+            run.save(out)
         except BaseException:
-            recorder.abort()
+            world.recorder.abort()
             raise
-    return result
+    return run
 
 
 def _run(env: simpy.Environment, duration_s: float, progress: bool) -> str:

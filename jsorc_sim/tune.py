@@ -20,6 +20,8 @@ A tune file (TOML; paths relative to it):
     replica_price_ms = [0.0, 20.0]   # [low, high] of a number parameter (integers for an int)
     horizon_s = { low = 60, high = 3600, log = true }    # log-uniform, and for the optimizer
     cold_start_guard = [true, false]  # a list of choices (or { choices = [...] }): random only
+    "scaler_params.target" = [0.3, 1.0]   # a dotted key: a nested policy's parameter
+                                     # (compose's scaler, guarded's params; tune_space)
     [fixed]                          # parameters held; the rest keep the policy's defaults
     [train]
     scenario = "scenarios/jsorc_loadtest.toml"
@@ -34,6 +36,10 @@ keys, `METRICS`): names, numbers, `+ - * /` and parentheses, read with `ast`, ne
 evaluated as Python. A candidate's objective on a set is the mean over the set's cells; a
 cell with no successful walker run after warm-up, a missing metric, a division by zero, a
 stopped run or an exception scores +inf, and the trials table says which cell and why.
+
+From Python: `run_tune(load_tune(FILE), out)`, or `tune_config(table, base_dir=, out=)` for
+a tune file's table in memory; the result's `tuned_params` (nested, for `policies.make`)
+and `objectives` (default and tuned on train and test) are what a comparison needs.
 
 Search: `samples` seeded random candidates (uniform, log-uniform, integers, choices), all
 their cells at once through a `concurrent.futures.Executor`; then scipy's Nelder-Mead from
@@ -83,8 +89,9 @@ from jsorc_sim import scenario as scenario_mod
 from jsorc_sim.results import version
 from jsorc_sim.scenario import Scenario, ScenarioError
 from jsorc_sim.simulate import simulate
-from policies import PolicyError, absolute_ref, describe, make, resolve
-from policies.registry import coerce_params, params_type
+from jsorc_sim.tune_space import Dimension, nest, policy_space
+from jsorc_sim.tune_space import show as _show
+from policies import PolicyError, absolute_ref
 
 if TYPE_CHECKING:
     # pandas and scipy are imported where a frame is built or the optimizer runs, so that
@@ -103,7 +110,6 @@ SETS = ("train", "test")
 PATH_FIELDS = (re.compile(r"workload\.trace"), re.compile(r"actions\.[^.]+\.service\.file"))
 # The optimizer sees this instead of +inf (scipy's simplex arithmetic wants finite values).
 FAILED_PENALTY = 1e300
-SIGNIFICANT = 6  # searched floats are rounded to this many significant digits
 STEP = 0.25  # the optimizer's first simplex: this far along each scaled axis
 XATOL = 0.01  # ... and it stops when the simplex is within 1 % of each range (and flat)
 _PCT = "__m_"  # "95th_latency" is no Python name: it is read as __m_95th_latency
@@ -228,60 +234,6 @@ def _evaluate(node: ast.expr, metrics: Mapping[str, float | None]) -> float:
     return left / right
 
 
-# ----------------------------------------------------------------------------- the space
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One searched parameter: a number range (`int` or `float`, optionally log) or choices."""
-
-    name: str
-    kind: str  # "int" | "float" | "choice"
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-    choices: tuple[Any, ...] = ()
-
-    def sample(self, rng: np.random.Generator) -> Any:
-        if self.kind == "choice":
-            return self.choices[int(rng.integers(len(self.choices)))]
-        if self.kind == "int" and not self.log:  # each integer equally likely, ends included
-            return int(rng.integers(int(self.low), int(self.high) + 1))
-        return self.from_unit(float(rng.random()))
-
-    def from_unit(self, u: float) -> Any:
-        """The value at `u` in [0, 1] along the range (rounded: integers, or 6 digits)."""
-        u = min(max(float(u), 0.0), 1.0)
-        if self.log:
-            value = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
-        else:
-            value = self.low + u * (self.high - self.low)
-        if self.kind == "int":
-            return int(min(max(round(value), self.low), self.high))
-        return min(max(float(f"{value:.{SIGNIFICANT}g}"), self.low), self.high)
-
-    def to_unit(self, value: float) -> float:
-        """Where `value` (clipped into the range) lies in [0, 1]."""
-        value = min(max(float(value), self.low), self.high)
-        if self.log:
-            return (math.log(value) - math.log(self.low)) / (math.log(self.high)
-                                                             - math.log(self.low))
-        return (value - self.low) / (self.high - self.low)
-
-    def describe(self) -> dict[str, Any]:
-        if self.kind == "choice":
-            return {"choices": list(self.choices)}
-        low, high = (int(self.low), int(self.high)) if self.kind == "int" else (self.low,
-                                                                                self.high)
-        return {"kind": self.kind, "low": low, "high": high, "log": self.log}
-
-    def __str__(self) -> str:
-        if self.kind == "choice":
-            return "{" + ", ".join(_show(c) for c in self.choices) + "}"
-        d = self.describe()
-        return f"[{_show(d['low'])}, {_show(d['high'])}]" + (" log" if self.log else "")
-
-
 # ----------------------------------------------------------------------------- the file
 
 
@@ -337,8 +289,15 @@ class TuneSpec:
     warnings: tuple[str, ...] = ()
 
     def params(self, searched: Mapping[str, Any]) -> dict[str, Any]:
-        """A candidate's parameters as the policy gets them: searched values plus [fixed]."""
+        """A candidate's parameters, flat (dotted names for nested ones, as the tables show
+        them): searched values plus [fixed]. `policy_params` nests them for the policy."""
         return {**{d.name: searched[d.name] for d in self.space}, **self.fixed}
+
+    @staticmethod
+    def policy_params(params: Mapping[str, Any]) -> dict[str, Any]:
+        """Flat candidate parameters as the policy is built from them (`make(policy, ...)`):
+        `scaler_params.target = 0.5` becomes `scaler_params = {target = 0.5}`."""
+        return nest(params)
 
     @property
     def default_params(self) -> dict[str, Any]:
@@ -356,12 +315,43 @@ def load_tune(path: str | Path, *, traces_dir: str | Path | None = None) -> Tune
     `traces_dir` (else $JSORC_TRACES, else the file's `traces_dir`) expands "{traces}"."""
     path = Path(path)
     text, raw = scenario_mod.read_toml(path, TuneError)
+    return _check(raw, text, str(path), path.parent, path.stem, traces_dir)
+
+
+def tune_spec(config: Mapping[str, Any], *, base_dir: str | Path,
+              traces_dir: str | Path | None = None) -> TuneSpec:
+    """`load_tune` for a tune file's table already in memory (the keys of a file, as
+    `tomllib` reads them): its paths are relative to `base_dir`; `name` defaults to
+    "tune"."""
+    if not isinstance(config, Mapping):
+        raise TuneError("tune config", [f"must be a table of the tune file's keys, got "
+                                        f"{config!r}"])
+    import tomli_w
+
+    try:
+        text = tomli_w.dumps(dict(config))
+    except (TypeError, ValueError):  # tomli_w refuses a value TOML cannot hold
+        text = json.dumps(config, default=str)
+    return _check(config, text, "tune config", Path(base_dir), "tune", traces_dir)
+
+
+def tune_config(config: Mapping[str, Any], *, base_dir: str | Path, out: str | Path | None,
+                workers: int | None = 2, progress: bool = True) -> TuneResult:
+    """Tune from a tune file's table in memory, without a file: `tune_spec` then `run_tune`
+    (`out`: where the outputs go, None for none). The result's `tuned_params` (nested, for
+    `policies.make(policy, ...)`) and `objectives` (default and tuned, train and test) are
+    what a comparison needs."""
+    spec = tune_spec(config, base_dir=base_dir)
+    return run_tune(spec, out, workers=workers, progress=progress)
+
+
+def _check(raw: Mapping[str, Any], text: str, path: str, base: Path, stem: str,
+           traces_dir: str | Path | None) -> TuneSpec:
     problems: list[str] = []
     for key in raw:
         if key not in _TOP_KEYS:
             problems.append(f"unknown field {key!r} (known: {', '.join(_TOP_KEYS)})")
-    base = path.parent
-    name = _string(raw, "name", path.stem, problems)
+    name = _string(raw, "name", stem, problems)
     method = _string(raw, "method", "random+nelder-mead", problems)
     if method not in METHODS:
         problems.append(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -377,7 +367,7 @@ def load_tune(path: str | Path, *, traces_dir: str | Path | None = None) -> Tune
         policy = absolute_ref(policy, base)
     except PolicyError as exc:
         problems.append(f"policy: {exc}")
-    space, fixed, defaults = _policy_space(policy, raw.get("space"), raw.get("fixed", {}),
+    space, fixed, defaults = policy_space(policy, raw.get("space"), raw.get("fixed", {}),
                                            problems)
     if "nelder-mead" in searches and space and all(d.kind == "choice" for d in space):
         problems.append(f"method {method!r}: the optimizer needs a number range in [space] "
@@ -386,9 +376,9 @@ def load_tune(path: str | Path, *, traces_dir: str | Path | None = None) -> Tune
     sets = {which: _load_set(which, raw.get(which), base, traces, duration_s, problems)
             for which in SETS}
     if problems:
-        raise TuneError(str(path), problems)
+        raise TuneError(path, problems)
     assert objective is not None and sets["train"] is not None and sets["test"] is not None
-    return TuneSpec(name=name, path=str(path), text=text, policy=policy, objective=objective,
+    return TuneSpec(name=name, path=path, text=text, policy=policy, objective=objective,
                     method=method, samples=samples if "random" in searches else 0,
                     iterations=iterations if "nelder-mead" in searches else 0, seed=seed,
                     duration_s=duration_s, space=space, fixed=fixed, defaults=defaults,
@@ -422,125 +412,6 @@ def _duration(value: Any, problems: list[str]) -> float | None:
         problems.append(f"duration_s must be a positive number of seconds, got {value!r}")
         return None
     return float(value)
-
-
-def _policy_space(policy: str, space: Any, fixed: Any, problems: list[str]
-                  ) -> tuple[tuple[Dimension, ...], dict[str, Any], dict[str, Any]]:
-    """Check the policy, [fixed] and [space]; return the dimensions, fixed and defaults."""
-    if not isinstance(space, Mapping) or not space:
-        problems.append(f"[space] must be a table of parameter -> [low, high] or choices, "
-                        f"got {space!r}")
-        space = {}
-    if not isinstance(fixed, Mapping):
-        problems.append(f"[fixed] must be a table of parameter = value, got {fixed!r}")
-        fixed = {}
-    if not policy:
-        return (), dict(fixed), {}
-    try:
-        cls = resolve(policy)
-        infos = {p.name: p for p in describe(policy)}
-        hints = typing.get_type_hints(params_type(cls))
-    except PolicyError as exc:
-        problems.append(f"policy: {exc}")
-        return (), dict(fixed), {}
-    fixed_ok = _coerces(cls, policy, dict(fixed), "[fixed]", problems)
-    dims = []
-    for name, value in space.items():
-        where = f"space.{name}"
-        if name not in infos:
-            problems.append(f"{where}: policy {policy!r} has no parameter {name!r} "
-                            f"(parameters: {', '.join(infos) or 'none'})")
-        elif name in fixed:
-            problems.append(f"{where}: also in [fixed]; a parameter is searched or held")
-        else:
-            dim = _dimension(name, value, hints[name], problems)
-            given = dim.choices if dim and dim.kind == "choice" else (
-                (dim.describe()["low"], dim.describe()["high"]) if dim else ())
-            ok = all([_coerces(cls, policy, {**(fixed if fixed_ok else {}), name: v}, where,
-                               problems) for v in given])
-            if dim and ok:
-                dims.append(dim)
-    defaults = {d.name: infos[d.name].default for d in dims}
-    if fixed_ok:
-        try:  # the policy itself may check more than each parameter (a nested policy, ...)
-            make(policy, {**defaults, **fixed})
-        except PolicyError as exc:
-            problems.append(f"policy {policy!r} with [fixed]: {exc}")
-    return tuple(dims), dict(fixed), defaults
-
-
-def _coerces(cls: type, policy: str, params: dict[str, Any], where: str,
-             problems: list[str]) -> bool:
-    try:
-        coerce_params(cls, params, policy=policy)
-    except PolicyError as exc:
-        problems.append(f"{where}: {exc}")
-        return False
-    return True
-
-
-def _dimension(name: str, value: Any, hint: Any, problems: list[str]) -> Dimension | None:
-    where = f"space.{name}"
-    kind = "int" if hint is int else "float" if hint is float else "choice"
-    if isinstance(value, Mapping):
-        unknown = set(value) - {"low", "high", "log", "choices"}
-        if unknown:
-            problems.append(f"{where}: unknown field {sorted(unknown)[0]!r} (known: low, high, "
-                            "log, choices)")
-            return None
-        if "choices" in value:
-            return _choices(name, value["choices"], problems)
-        low, high, log = value.get("low"), value.get("high"), value.get("log", False)
-    elif isinstance(value, list) and kind != "choice" and len(value) == 2 and all(
-            _is_number(v) for v in value):
-        low, high, log = value[0], value[1], False
-    elif isinstance(value, list):
-        return _choices(name, value, problems)
-    else:
-        problems.append(f"{where} must be [low, high], a list of choices or a table, "
-                        f"got {value!r}")
-        return None
-    return _range(name, kind, low, high, log, problems)
-
-
-def _range(name: str, kind: str, low: Any, high: Any, log: Any,
-           problems: list[str]) -> Dimension | None:
-    where = f"space.{name}"
-    if kind == "choice":
-        problems.append(f"{where}: a range needs a number parameter; give a list of choices")
-        return None
-    if not (_is_number(low) and _is_number(high)):
-        problems.append(f"{where}: low and high must be numbers, got {low!r} and {high!r}")
-        return None
-    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-        problems.append(f"{where}: {name} is an integer; bounds must be whole numbers, got "
-                        f"[{low!r}, {high!r}]")
-        return None
-    if not low < high:
-        problems.append(f"{where}: low {low!r} must be below high {high!r} (hold a value in "
-                        "[fixed])")
-        return None
-    if not isinstance(log, bool) or (log and low <= 0):
-        problems.append(f"{where}: log must be true or false, and log needs low > 0; "
-                        f"got log = {log!r}, low = {low!r}")
-        return None
-    return Dimension(name, kind, float(low), float(high), log)
-
-
-def _choices(name: str, values: Any, problems: list[str]) -> Dimension | None:
-    if not isinstance(values, list) or not values:
-        problems.append(f"space.{name}: choices must be a non-empty list, got {values!r}")
-        return None
-    keys = [json.dumps(v, sort_keys=True) for v in values]
-    if len(set(keys)) < len(keys):
-        problems.append(f"space.{name}: choices repeat a value: {values!r}")
-        return None
-    return Dimension(name, "choice", choices=tuple(values))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
-        value)
 
 
 def _traces_dir(given: str | Path | None, in_file: Any, base: Path,
@@ -706,8 +577,13 @@ def run_cell(task: CellTask) -> CellOutcome:
     except Exception as exc:  # recorded in the trials table, scored +inf
         return CellOutcome({}, f"error: {type(exc).__name__}: {exc}",
                            time.perf_counter() - started)
-    metrics = {**report["walker_run"]["all"], **report["cost"]}
-    return CellOutcome(metrics, result.status, time.perf_counter() - started)
+    return CellOutcome(report_metrics(report), result.status, time.perf_counter() - started)
+
+
+def report_metrics(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """The metrics an objective reads (`METRICS`) from a `report()`: `walker_run.all` and
+    `cost`. Pure."""
+    return {**report["walker_run"]["all"], **report["cost"]}
 
 
 def score_cell(objective: Objective, outcome: CellOutcome) -> tuple[float, str]:
@@ -896,8 +772,8 @@ class _Evaluator:
         spec, tset = self.spec, self.spec.train if which == "train" else self.spec.test
         todo = list({t.trial: t for t in trials if which not in t.sets}.values())
         futures = [self.executor.submit(run_cell, CellTask(
-            cell.scenario, cell.seed, spec.duration_s, spec.policy, t.params))
-            for t in todo for cell in tset.cells]
+            cell.scenario, cell.seed, spec.duration_s, spec.policy,
+            spec.policy_params(t.params))) for t in todo for cell in tset.cells]
         for _ in as_completed(futures):
             self.bar.simulated()
         self.simulations += len(futures)
@@ -1048,6 +924,25 @@ class TuneResult:
     walls: dict[str, float]
 
     @property
+    def tuned_params(self) -> dict[str, Any]:
+        """The best candidate's parameters, nested as the policy takes them:
+        `policies.make(result.spec.policy, result.tuned_params)` builds the tuned policy."""
+        return self.spec.policy_params(self.best.params)
+
+    @property
+    def default_params(self) -> dict[str, Any]:
+        """The defaults candidate's parameters (searched ones at their defaults, [fixed]
+        held), nested like `tuned_params`."""
+        return self.spec.policy_params(self.default.params)
+
+    @property
+    def objectives(self) -> dict[str, dict[str, float]]:
+        """`{"train": {"default": ..., "tuned": ...}, "test": {...}}`: each the mean over the
+        set's cells (+inf when a cell failed)."""
+        return {which: {"default": self.default.objective(which),
+                        "tuned": self.best.objective(which)} for which in SETS}
+
+    @property
     def trials(self) -> pd.DataFrame:
         """One row per candidate and set it was scored on (see trials.parquet)."""
         import pandas as pd
@@ -1122,7 +1017,8 @@ class TuneResult:
 
     def _describe(self, trial: Trial) -> dict[str, Any]:
         out: dict[str, Any] = {"trial": trial.trial, "phase": trial.phase,
-                               "params": trial.params}
+                               "params": trial.params,
+                               "policy_params": self.spec.policy_params(trial.params)}
         for which, score in trial.sets.items():
             out[which] = {"objective": _finite(score.objective), "failed_cells": score.failed,
                           "failure": score.failure,
@@ -1228,20 +1124,6 @@ def _change(default: Trial, best: Trial, which: str) -> str:
     if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
         return "-"
     return f"{(after - before) / abs(before) * 100:+.1f} %"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return json.dumps(value) if not isinstance(value, str) else value
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if abs(value) >= 100 or value.is_integer():
-        return f"{value:,.1f}"
-    return f"{value:.4g}"
 
 
 def _float(value: Any) -> float:

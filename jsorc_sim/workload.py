@@ -10,18 +10,31 @@ not matter when the other clients' requests finish). The streams (see
 the same app and service draws whatever the policy: common random numbers, which make
 comparisons across policies paired request by request. (A client's think time, `think_ms`,
 is a constant: nothing to draw.)
+
+With `[[workload.phases]]` the mix, the clients and the Poisson rate step at the phases'
+starts (`WorkloadSpec.in_force`): a request's app is drawn by the mix of the phase it is
+issued in, one uniform per request (`arrivals.MixPhases`). A scenario without phases takes
+none of these paths, so it draws exactly what it drew before phases existed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+import bisect
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import simpy
 
-from jsorc_sim.arrivals import OpenSource, PoissonSource, TraceSource, arrive
+from jsorc_sim.arrivals import (
+    MixPhases,
+    OpenSource,
+    PhasedPoissonSource,
+    PoissonSource,
+    TraceSource,
+    arrive,
+)
 from jsorc_sim.distributions import Sampler, ServiceMaker, service_maker
 from jsorc_sim.runtime import Runtime
 from jsorc_sim.scenario import Scenario, ScenarioError
@@ -70,20 +83,26 @@ def start(env: simpy.Environment, runtime: Runtime, scenario: Scenario,
     base = scenario.resolve(".")
     makers = [service_maker(spec.service, base) for spec in scenario.actions.values()]
     app_calls = [tuple(action.code for action in plan.actions) for plan in runtime.apps]
+    phases = workload.in_force()
     if workload.kind == "closed":
         # Spawned children depend on their index only: client k is the same client
-        # whatever the number of clients.
-        for seed in streams["clients"].spawn(workload.clients):
+        # whatever the number of clients (and in a phase with fewer, the first ones run).
+        clients = max(phase.clients or 1 for phase in phases)
+        for k, seed in enumerate(streams["clients"].spawn(clients)):
             picks, service = seed.spawn(2)
+            rng = np.random.default_rng(picks)
+            on = tuple((phase.start_s, k < (phase.clients or 1)) for phase in phases)
             env.process(_client(env, runtime, workload.think_ms / 1000.0,
-                                workload.client_cpu_ms / 1000.0,
-                                _app_picker(scenario, np.random.default_rng(picks)),
-                                service_samplers(makers, app_calls, service)))
+                                workload.client_cpu_ms / 1000.0, _picker(scenario, rng),
+                                service_samplers(makers, app_calls, service), on))
         return None
     rng = np.random.default_rng(streams["arrivals"])
     samplers = service_samplers(makers, app_calls, streams["service"])
     source: OpenSource
-    if workload.kind == "poisson":
+    if workload.kind == "poisson" and len(phases) > 1:
+        source = PhasedPoissonSource([phase.rate_per_s or 1.0 for phase in phases],
+                                     _mix_phases(scenario), rng, samplers, app_calls)
+    elif workload.kind == "poisson":
         source = PoissonSource(workload.rate_per_s, _mix(scenario), rng, samplers, app_calls)
     else:
         source = TraceSource(trace_requests(scenario, rng), samplers, app_calls)
@@ -123,12 +142,15 @@ def trace_requests(scenario: Scenario, rng: np.random.Generator, *,
 
     Cut in windows, these are the arrays a read of the whole trace gives, to the bit: the map
     is checked against every stream here, before any window is read, and the `mix` draws are
-    one uniform per unmapped arrival in arrival order (`Generator.choice` with `p`), so drawing
-    them a window at a time draws the same numbers. Nothing else draws from `rng` meanwhile."""
+    one uniform per unmapped arrival in arrival order (`Generator.choice` with `p`, or with
+    phases the mix of the phase it arrives in), so drawing them a window at a time draws the
+    same numbers. Nothing else draws from `rng` meanwhile."""
     trace = load_trace(scenario, rng, window=window)
     app_of = _trace_apps(scenario, trace, list(scenario.apps))
     workload = scenario.workload
-    mix = _mix(scenario) if workload.unmapped == "mix" and workload.streams == "mix" else None
+    mix: FloatArray | MixPhases | None = None
+    if workload.unmapped == "mix" and workload.streams == "mix":
+        mix = _mix_phases(scenario) if workload.phases else _mix(scenario)
     return _replay(trace, app_of, mix, rng, workload.time_scale, scenario.duration_s,
                    trace_offset(trace.origin, workload.trace_origin))
 
@@ -140,7 +162,7 @@ def trace_offset(origin: float, trace_origin: str) -> float:
     return 0.0 if trace_origin == "first_arrival" else float(origin % SECONDS_PER_DAY)
 
 
-def _replay(trace: TraceWindows, app_of: IntArray, mix: FloatArray | None,
+def _replay(trace: TraceWindows, app_of: IntArray, mix: FloatArray | MixPhases | None,
             rng: np.random.Generator, time_scale: float, duration_s: float,
             offset: float = 0.0) -> Iterator[tuple[FloatArray, IntArray, FloatArray]]:
     """The requests of each window (see `trace_requests`); windows left empty are skipped."""
@@ -153,7 +175,9 @@ def _replay(trace: TraceWindows, app_of: IntArray, mix: FloatArray | None,
         size = np.zeros(n) if part.size is None else np.nan_to_num(part.size[:n])
         rest = app < 0
         if rest.any():
-            if mix is not None:
+            if isinstance(mix, MixPhases):
+                app[rest] = mix.pick(rng.random(int(rest.sum())), mix.phase_at(ts[rest]))
+            elif mix is not None:
                 app[rest] = rng.choice(len(mix), size=int(rest.sum()), p=mix)
             else:  # unmapped = "drop"
                 keep = ~rest
@@ -169,6 +193,33 @@ def _mix(scenario: Scenario) -> np.ndarray:
     weights = np.array([scenario.workload.mix.get(app, 0.0) for app in scenario.apps])
     p: np.ndarray = weights / weights.sum()
     return p
+
+
+def _mix_phases(scenario: Scenario) -> MixPhases:
+    """The mix from t = 0 and from each phase on, by app in the scenario's order."""
+    phases = scenario.workload.in_force()
+    return MixPhases.of([phase.start_s for phase in phases],
+                        [[phase.mix.get(app, 0.0) for app in scenario.apps] for phase in phases])
+
+
+def _picker(scenario: Scenario, rng: np.random.Generator) -> Callable[[int], int]:
+    """A closed-loop client's app draws: phase -> app. Without phases, the draws of
+    `_app_picker` (whatever the phase); with them, one uniform per request, in batches, read
+    through the mix of the phase the request is issued in."""
+    if not scenario.workload.phases:
+        picks = _app_picker(scenario, rng)
+        return lambda _phase: next(picks)
+    mixes = _mix_phases(scenario)
+    uniforms: Iterator[float] = iter(())
+
+    def pick(phase: int) -> int:
+        nonlocal uniforms
+        u = next(uniforms, None)
+        if u is None:
+            uniforms = iter(rng.random(BATCH).tolist())
+            u = next(uniforms)
+        return int(np.searchsorted(mixes.cdf[phase], u, side="right"))
+    return pick
 
 
 def _app_picker(scenario: Scenario, rng: np.random.Generator) -> Iterator[int]:
@@ -247,14 +298,30 @@ def unmatched_streams(mapping: dict[str, str] | Any, arrivals: Streams) -> list[
 
 
 def _client(env: simpy.Environment, runtime: Runtime, think_s: float, cpu_s: float,
-            pick: Iterator[int], samplers: AppSamplers) -> Generator[simpy.Event, Any, None]:
+            pick: Callable[[int], int], samplers: AppSamplers,
+            on: Sequence[tuple[float, bool]] = ((0.0, True),),
+            ) -> Generator[simpy.Event, Any, None]:
     """A closed-loop client: one request at a time, back to back (JSORC's loadtest).
 
     Between two requests it spends `cpu_s` on a node core (a load generator on the same
-    machine, and its HTTP hop) and then thinks `think_s`; neither is in the latency."""
+    machine, and its HTTP hop) and then thinks `think_s`; neither is in the latency. `on` is
+    (start, whether this client runs) from t = 0 and from each phase on: in a phase it is off
+    in, it issues nothing more (its request under way finishes) until the next phase it is
+    on in. Its app is drawn by the phase it issues the request in (`pick(phase)`)."""
     serve, cores = runtime.serve, runtime.cores
+    starts = [start for start, _ in on]
+    phase = 0
     while True:
-        app = next(pick)
+        if len(on) > 1:
+            # Never back: a wait that ends at a phase's start may round to just before it.
+            phase = max(phase, bisect.bisect_right(starts, env.now) - 1)
+            if not on[phase][1]:
+                later = next((j for j in range(phase + 1, len(on)) if on[j][1]), None)
+                if later is None:
+                    return
+                yield env.timeout(starts[later] - env.now)
+                phase = later
+        app = pick(phase)
         yield from serve(app, 0.0, [draw() for draw in samplers[app]])
         if cpu_s:
             with cores.request() as req:

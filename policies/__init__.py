@@ -21,6 +21,8 @@ from policies.contract import (
     Totals,
     check_decision,
 )
+from policies.encoding import Encoding
+from policies.learned import AgentParams, AgentPolicy
 from policies.registry import (
     CheckedParams,
     NoParams,
@@ -45,9 +47,12 @@ from policies.sources import ENTRY_POINT_GROUP, absolute_ref
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ActionStats",
+    "AgentParams",
+    "AgentPolicy",
     "AppStats",
     "CheckedParams",
     "Decision",
+    "Encoding",
     "LatencyStats",
     "Mode",
     "NoParams",

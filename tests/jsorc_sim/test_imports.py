@@ -72,7 +72,8 @@ def test_a_run_keeping_no_table_on_the_simpy_path_loads_no_heavy_package(
             f"assert main(['run', {str(scenario)!r}, '--record', 'none', '--fast', 'off', "
             "'--no-progress', '--json']) == 0\n"
             # Nor does it build the parsers of the other commands.
-            "assert not {'jsorc_sim.experiment', 'jsorc_sim.tune', 'jsorc_sim.validate'} & "
+            "assert not {'jsorc_sim.experiment', 'jsorc_sim.tune', 'jsorc_sim.validate', "
+            "'jsorc_sim.clairvoyant'} & "
             "set(sys.modules), sorted(sys.modules)")
     # numba belongs to the fast path, which --fast off never enters.
     assert loaded_after(code) == []
@@ -80,7 +81,8 @@ def test_a_run_keeping_no_table_on_the_simpy_path_loads_no_heavy_package(
 
 @pytest.mark.parametrize(("command", "option"), [
     ("run", "--record"), ("experiment", "--workers"), ("tune", "--workers"),
-    ("validate", "--short"), ("calibrate", "--base"), ("policies", "--json")])
+    ("validate", "--short"), ("calibrate", "--base"), ("policies", "--json"),
+    ("bound", "--stretches")])
 def test_every_subcommand_still_prints_its_help(command: str, option: str) -> None:
     done = jsorc_sim(command, "--help")
     assert done.returncode == 0, done.stderr
@@ -93,7 +95,8 @@ def test_the_top_level_still_names_every_command(argv: list[str]) -> None:
     done = jsorc_sim(*argv)
     assert done.returncode == (0 if argv == ["--help"] else 2)
     # The usage line, which both print, lists the commands in the order they were added.
-    assert "{run,experiment,tune,validate,calibrate,trace,policies}" in done.stdout + done.stderr
+    assert ("{run,experiment,tune,bound,compare,validate,calibrate,trace,policies}"
+            in done.stdout + done.stderr)
 
 
 def test_a_bad_trace_still_exits_2_with_one_message(tmp_path: Path) -> None:

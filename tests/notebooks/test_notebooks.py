@@ -8,6 +8,7 @@ kept in git without outputs, so diffs show only what changed in the code and tex
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import nbformat
@@ -25,7 +26,10 @@ FIGURES = {
     "01_quickstart.ipynb": 1,  # latency over time, placement changes and replicas
     "02_compare_policies.ipynb": 2,  # means with CIs, paired differences (+ the runner's)
     "03_write_a_policy.ipynb": 1,  # comparison: means with CIs and paired differences
+    "04_learned_policy.ipynb": 1,  # PPO against model_based and hpa: latency, latency vs cost
 }
+# name -> the modules of an optional extra it needs (skipped, saying so, when they are missing)
+EXTRAS = {"04_learned_policy.ipynb": ("stable_baselines3", "torch")}
 
 
 class ThisPythonKernel(AsyncKernelManager):
@@ -77,6 +81,10 @@ def execute(name: str, cwd: Path) -> nbformat.NotebookNode:
 @pytest.mark.parametrize("cwd", [REPO, NOTEBOOKS], ids=["from-root", "from-notebooks"])
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_runs_and_draws(name: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = [m for m in EXTRAS.get(name, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{name} needs the `rl` extra ({', '.join(missing)} missing): "
+                    "pip install -e '.[rl]' (make rl-env)")
     monkeypatch.setenv("JSORC_NOTEBOOK_FAST", "1")  # the kernel inherits this environment
     nb = execute(name, cwd)
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]

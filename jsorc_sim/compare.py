@@ -1,0 +1,561 @@
+"""The fair comparison (issue #14): tuned baselines, latency against cost, a clairvoyant bound.
+
+`jsorc-sim compare FILE.toml [--out DIR] [--workers N] [--quick]` runs, from one file
+(experiments/comparison.toml is the project's):
+
+1. **Tuning**: every policy that has a `space` -- model_based and each baseline -- is tuned
+   with `jsorc-sim tune` on the same train cells, objective and budget (the file's `[tune]`);
+   the tune file written for each is kept (`DIR/tune/LABEL.toml`, runnable alone) beside its
+   outputs, and the tuned values go in `DIR/tuned.json`. Baselines are every JSORC placement
+   policy and `all_remote` composed with every autoscaler (`[baselines]`).
+2. **Workloads**: one experiment per `[[workload]]` (`DIR/experiments/LABEL.toml`, runnable
+   alone with `jsorc-sim experiment`; its outputs in `DIR/LABEL/`), every policy with its
+   tuned values.
+3. **The clairvoyant bound** (jsorc_sim.clairvoyant): per workload cell and `[bound] seeds`,
+   the best static placement and the best piecewise-static schedule chosen with hindsight.
+4. **Tables and plots** (jsorc_sim.compare_report): per workload cell, every policy's mean
+   and p95 walker latency beside replica core-seconds, node GB·s, placement changes and
+   out-of-memory events, its objective and its regret against the bound, and whether it is on
+   the Pareto front; a Pareto plot per workload; the issue's targets with PASS / FALL SHORT.
+
+Every stage is resumable: a tune whose file is unchanged, an experiment cell or a bound cell
+already computed is not run again (delete its folder to force it). `--quick` shrinks every
+stage (budgets, seeds, durations) for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from jsorc_sim.scenario import ScenarioError, read_toml
+from jsorc_sim.tune_space import nest
+
+LATENCY_COST = ("average_latency", "95th_latency", "replica_core_s", "node_memory_gb_s",
+                "placement_changes", "oom_events")
+
+
+class CompareError(ScenarioError):
+    """A comparison file that cannot run; lists every problem found."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy in the comparison: a fixed part and, when tuned, a search space."""
+
+    label: str
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    space: Mapping[str, Any] = field(default_factory=dict)
+    workloads: tuple[str, ...] = ()  # empty: every workload
+    kind: str = "baseline"  # "ours", "baseline", "reference" (JSORC's own, as published)
+
+    @property
+    def tuned(self) -> bool:
+        return bool(self.space)
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    label: str
+    scenario: str  # absolute path
+    apps: tuple[str, ...] = ()
+    set: Mapping[str, Any] = field(default_factory=dict)
+    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    duration_s: float | None = None
+    seeds: tuple[int, ...] = ()  # empty: the file's
+    bound: bool = True
+
+
+@dataclass(frozen=True)
+class LearnedSpec:
+    """A learned policy trained by the comparison (stable-baselines3 PPO, the `rl` extra)."""
+
+    label: str
+    policy: str  # file.py:Class taking `model` (the trained folder)
+    scenario: str
+    apps: tuple[str, ...]
+    set: Mapping[str, Any]
+    timesteps: int
+    seed: int
+    workloads: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    path: Path
+    text: str
+    objective: str
+    seeds: tuple[int, ...]
+    tune: Mapping[str, Any]
+    bound: Mapping[str, Any]
+    policies: tuple[PolicySpec, ...]
+    workloads: tuple[WorkloadSpec, ...]
+    learned: LearnedSpec | None
+    traces_dir: Path
+
+
+# ----------------------------------------------------------------------------- loading
+
+_TOP = {"name", "objective", "seeds", "traces_dir", "tune", "bound", "baselines", "policy",
+        "workload", "learned"}
+_BOUND = {"stretches": 4, "seeds": [1], "ladder": [1, 2, 4, 8], "max_candidates": 64,
+          "shortlist": 6}
+
+
+def load_comparison(path: str | Path, traces_dir: str | Path | None = None, *,
+                    quick: bool = False) -> Comparison:
+    """Read and check a comparison file; every problem is listed in one CompareError."""
+    import os
+
+    from jsorc_sim.tune import _parse_objective
+
+    path = Path(path)
+    source = str(path)
+    text, raw = read_toml(path, CompareError)
+    here = path.resolve().parent
+    problems = [f"unknown key {k!r} (known: {', '.join(sorted(_TOP))})"
+                for k in raw if k not in _TOP]
+    name = str(raw.get("name", path.stem))
+    objective = raw.get("objective", "95th_latency + 0.05 * replica_core_s")
+    problems += _parse_objective(objective)[1]
+    seeds = tuple(raw.get("seeds", [1, 2, 3]))
+    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        problems.append(f"seeds must be whole numbers >= 0, got {raw.get('seeds')!r}")
+    given = traces_dir or os.environ.get("JSORC_TRACES") or raw.get("traces_dir") \
+        or "../../shared/traces"
+    traces = (here / given).resolve() if not Path(given).is_absolute() else Path(given)
+    tune = dict(raw.get("tune", {}))
+    for key in ("train", "test"):
+        if not isinstance(tune.get(key), Mapping) or "scenario" not in tune[key]:
+            problems.append(f"[tune.{key}] with a scenario is required")
+        else:
+            tune[key] = {**tune[key], "scenario": str(_resolve(here, tune[key]["scenario"]))}
+    unknown_bound = set(raw.get("bound", {})) - set(_BOUND) - {"enabled"}
+    problems += [f"[bound]: unknown key {k!r} (known: {', '.join(_BOUND)})"
+                 for k in sorted(unknown_bound)]
+    bound = {**_BOUND, **raw.get("bound", {})}
+    policies = _baselines(raw.get("baselines"), problems) + [
+        _policy(entry, i, here, problems) for i, entry in enumerate(raw.get("policy", []))]
+    labels = [p.label for p in policies]
+    problems += [f"policy label {lab!r} is used twice" for lab in sorted(set(labels))
+                 if labels.count(lab) > 1]
+    workloads = [_workload(entry, i, here, problems) for i, entry in
+                 enumerate(raw.get("workload", []))]
+    if not workloads:
+        problems.append("at least one [[workload]] is required")
+    known = {w.label for w in workloads}
+    for p in policies:
+        problems += [f"policy {p.label!r}: unknown workload {w!r}" for w in p.workloads
+                     if w not in known]
+    learned = _learned(raw.get("learned"), here, known, problems)
+    if problems:
+        raise CompareError(source, problems)
+    comparison = Comparison(name, path, text, str(objective), seeds, tune, bound,
+                            tuple(policies), tuple(workloads), learned, traces)
+    return shrink(comparison) if quick else comparison
+
+
+def _resolve(here: Path, text: str) -> Path:
+    return Path(text) if Path(text).is_absolute() else (here / text).resolve()
+
+
+def _baselines(raw: Any, problems: list[str]) -> list[PolicySpec]:
+    """Every placement composed with every scaler, each with the union of both spaces."""
+    if raw is None:
+        return []
+    placements = list(raw.get("placements", []))
+    scalers = list(raw.get("scalers", []))
+    placement_space = dict(raw.get("placement_space", {}))
+    scaler_space = dict(raw.get("scaler_space", {}))
+    problems += [f"[baselines.scaler_space]: {s!r} is not in scalers" for s in scaler_space
+                 if s not in scalers]
+    out = []
+    for placement in placements:
+        for scaler in scalers:
+            space = {f"scaler_params.{k}": v for k, v in scaler_space.get(scaler, {}).items()}
+            if placement != "all_remote":  # all_remote has no placement choice to tune
+                space.update({f"placement_params.{k}": v for k, v in placement_space.items()})
+            out.append(PolicySpec(f"{placement}+{scaler}", "compose",
+                                  {"placement": placement, "scaler": scaler}, space))
+    return out
+
+
+def _policy(entry: Mapping[str, Any], i: int, here: Path, problems: list[str]) -> PolicySpec:
+    from policies import absolute_ref
+
+    where = f"[[policy]] {i + 1}"
+    unknown = set(entry) - {"label", "name", "params", "space", "workloads", "kind"}
+    problems += [f"{where}: unknown key {k!r}" for k in sorted(unknown)]
+    if "name" not in entry:
+        problems.append(f"{where}: name is required")
+    name = absolute_ref(str(entry.get("name", "none")), here)
+    kind = str(entry.get("kind", "baseline"))
+    if kind not in ("ours", "baseline", "reference"):
+        problems.append(f"{where}: kind must be ours, baseline or reference, got {kind!r}")
+    return PolicySpec(str(entry.get("label", entry.get("name", ""))), name,
+                      dict(entry.get("params", {})), dict(entry.get("space", {})),
+                      tuple(entry.get("workloads", ())), kind)
+
+
+def _workload(entry: Mapping[str, Any], i: int, here: Path,
+              problems: list[str]) -> WorkloadSpec:
+    where = f"[[workload]] {i + 1}"
+    unknown = set(entry) - {"label", "scenario", "apps", "set", "grid", "duration_s", "seeds",
+                            "bound"}
+    problems += [f"{where}: unknown key {k!r}" for k in sorted(unknown)]
+    if "scenario" not in entry or "label" not in entry:
+        problems.append(f"{where}: label and scenario are required")
+    scenario = _resolve(here, str(entry.get("scenario", "")))
+    if "scenario" in entry and not scenario.is_file():
+        problems.append(f"{where}: scenario file {str(scenario)!r} does not exist")
+    return WorkloadSpec(str(entry.get("label", "")), str(scenario), tuple(entry.get("apps", ())),
+                        dict(entry.get("set", {})), dict(entry.get("grid", {})),
+                        entry.get("duration_s"), tuple(entry.get("seeds", ())),
+                        bool(entry.get("bound", True)))
+
+
+def _learned(raw: Any, here: Path, known: set[str], problems: list[str]) -> LearnedSpec | None:
+    if raw is None:
+        return None
+    need = {"label", "policy", "scenario", "timesteps"}
+    problems += [f"[learned]: {k} is required" for k in sorted(need - set(raw))]
+    workloads = tuple(raw.get("workloads", ()))
+    problems += [f"[learned]: unknown workload {w!r}" for w in workloads if w not in known]
+    from policies import absolute_ref
+
+    return LearnedSpec(str(raw.get("label", "ppo")), absolute_ref(str(raw.get("policy", "")), here),
+                       str(_resolve(here, str(raw.get("scenario", "")))),
+                       tuple(raw.get("apps", ())), dict(raw.get("set", {})),
+                       int(raw.get("timesteps", 0)), int(raw.get("seed", 0)), workloads)
+
+
+def shrink(c: Comparison) -> Comparison:
+    """The same comparison, tiny: for tests and a first look (`--quick`)."""
+    import dataclasses
+
+    tune = copy.deepcopy(dict(c.tune))
+    tune.update(samples=2, iterations=1, duration_s=min(float(tune.get("duration_s", 300)), 120))
+    for key in ("train", "test"):
+        tune[key]["seeds"] = tune[key].get("seeds", [1])[:1]
+        tune[key]["apps"] = tune[key].get("apps", [])[:1]
+    workloads = tuple(dataclasses.replace(
+        w, seeds=(w.seeds or c.seeds)[:1], apps=w.apps[:1],
+        grid={k: list(v)[-1:] for k, v in w.grid.items()},
+        duration_s=w.duration_s if _phased(w) else min(float(w.duration_s or 600), 300.0))
+        for w in c.workloads)
+    bound = {**c.bound, "stretches": 2, "seeds": list(c.bound["seeds"])[:1],
+             "ladder": list(c.bound["ladder"])[:2], "max_candidates": 8, "shortlist": 3}
+    learned = dataclasses.replace(c.learned, timesteps=min(c.learned.timesteps, 256)) \
+        if c.learned else None
+    return dataclasses.replace(c, seeds=c.seeds[:1], tune=tune, bound=bound,
+                               workloads=workloads, learned=learned)
+
+
+def _phased(w: WorkloadSpec) -> bool:
+    """Whether the workload's mix changes at set times (a shorter run would cut them off)."""
+    from jsorc_sim.scenario import load
+
+    return bool(load(w.scenario).workload.phases)
+
+
+# ----------------------------------------------------------------------------- tuning
+
+def tune_file(c: Comparison, policy: PolicySpec) -> dict[str, Any]:
+    """The `jsorc-sim tune` file for one policy: the shared cells and budget, its space."""
+    tune = dict(c.tune)
+    spec: dict[str, Any] = {"name": f"{c.name}_{policy.label}", "policy": policy.name,
+                            "objective": c.objective,
+                            **{k: v for k, v in tune.items() if k not in ("train", "test")},
+                            "space": dict(policy.space), "fixed": dict(policy.params),
+                            "train": tune["train"], "test": tune["test"]}
+    if c.traces_dir:
+        spec["traces_dir"] = str(c.traces_dir)
+    return spec
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """One policy's tuned values (nested, ready for `make`) and what tuning found."""
+
+    label: str
+    params: Mapping[str, Any]
+    default_params: Mapping[str, Any]
+    train_default: float | None
+    train_tuned: float | None
+    test_default: float | None
+    test_tuned: float | None
+
+
+def tune_all(c: Comparison, out: Path, workers: int, progress: bool) -> dict[str, Tuned]:
+    """Tune every policy with a space (skipping a tune whose file and outputs are there)."""
+    from jsorc_sim.tune import load_tune, run_tune
+
+    found: dict[str, Tuned] = {}
+    tuned = [p for p in c.policies if p.tuned]
+    for i, policy in enumerate(tuned, 1):
+        folder = out / "tune" / policy.label
+        file = out / "tune" / f"{policy.label}.toml"
+        text = tomli_w.dumps(tune_file(c, policy))
+        summary_path = folder / "tune.json"
+        if not (summary_path.is_file() and file.is_file() and file.read_text() == text):
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(text)
+            _say(progress, f"tune {i}/{len(tuned)}: {policy.label}")
+            started = time.perf_counter()
+            run_tune(load_tune(file, traces_dir=c.traces_dir), folder, workers=workers,
+                     progress=progress)
+            _say(progress, f"  {policy.label} tuned in {time.perf_counter() - started:.0f} s")
+        summary = json.loads(summary_path.read_text())
+        found[policy.label] = Tuned(
+            policy.label, nest({**policy.params, **summary["best"]["params"]}),
+            nest({**policy.params, **summary["default"]["params"]}),
+            _objective(summary["default"], "train"), _objective(summary["best"], "train"),
+            _objective(summary["default"], "test"), _objective(summary["best"], "test"))
+    return found
+
+
+def _objective(trial: Mapping[str, Any], which: str) -> float | None:
+    value = trial.get(which, {}).get("objective")
+    return None if value is None else float(value)
+
+
+# ----------------------------------------------------------------------------- learned
+
+def train_learned(c: Comparison, out: Path, progress: bool) -> tuple[Path | None, str]:
+    """Train the learned policy unless its folder holds the same training; (folder, note)."""
+    spec = c.learned
+    if spec is None:
+        return None, ""
+    try:
+        from jsorc_sim import rl  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as exc:  # pragma: no cover - the module imports without the extra
+        return None, f"{spec.label}: not run ({exc})"
+    folder = out / spec.label
+    wanted = {"scenario": spec.scenario, "apps": list(spec.apps), "set": dict(spec.set),
+              "timesteps": spec.timesteps, "seed": spec.seed, "objective": c.objective}
+    stamp = folder / "comparison_training.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted and \
+            (folder / "model.zip").is_file():
+        return folder, ""
+    _say(progress, f"training {spec.label} ({spec.timesteps} timesteps)")
+    # In a fresh process: torch's thread pool does not survive the forks that the workload
+    # stages make (their workers would hang), so this process never imports it.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            pool.submit(rl.train_ppo, spec.scenario, apps=list(spec.apps) or None,
+                        overrides=dict(spec.set), timesteps=spec.timesteps, seed=spec.seed,
+                        objective=c.objective, out=folder).result()
+        except ImportError as exc:
+            return None, f"{spec.label}: not run: {exc}"
+    stamp.write_text(json.dumps(wanted, indent=2) + "\n")
+    return folder, ""
+
+
+# ----------------------------------------------------------------------------- workloads
+
+def experiment_file(c: Comparison, w: WorkloadSpec, tuned: Mapping[str, Tuned],
+                    learned: Path | None) -> dict[str, Any]:
+    """The experiment file of one workload: every policy that runs on it, tuned."""
+    scenario: dict[str, Any] = {"file": w.scenario, "label": w.label}
+    if w.apps:
+        scenario["apps"] = list(w.apps)
+    if w.set:
+        scenario["set"] = dict(w.set)
+    if w.grid:
+        scenario["grid"] = {k: list(v) for k, v in w.grid.items()}
+    policies = []
+    for p in c.policies:
+        if p.workloads and w.label not in p.workloads:
+            continue
+        params = dict(tuned[p.label].params) if p.label in tuned else nest(p.params)
+        policies.append({"name": p.name, "label": p.label, "params": params})
+    if learned is not None and c.learned is not None and (
+            not c.learned.workloads or w.label in c.learned.workloads):
+        policies.append({"name": c.learned.policy, "label": c.learned.label,
+                         "params": {"model": str(learned)}})
+    exp: dict[str, Any] = {"name": f"{c.name}_{w.label}", "seeds": list(w.seeds or c.seeds),
+                           "metrics": list(LATENCY_COST), "plots": ["summary"],
+                           "traces_dir": str(c.traces_dir),
+                           "scenario": [scenario], "policy": policies}
+    if w.duration_s is not None:
+        exp["duration_s"] = w.duration_s
+    return exp
+
+
+def run_workloads(c: Comparison, tuned: Mapping[str, Tuned], learned: Path | None, out: Path,
+                  workers: int, progress: bool) -> dict[str, Any]:
+    from jsorc_sim.experiment import load_experiment, run_experiment
+
+    results: dict[str, Any] = {}
+    for i, w in enumerate(c.workloads, 1):
+        folder = out / w.label
+        file = out / "experiments" / f"{w.label}.toml"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(tomli_w.dumps(experiment_file(c, w, tuned, learned)))
+        exp = load_experiment(file, traces_dir=c.traces_dir)
+        _say(progress, f"workload {i}/{len(c.workloads)}: {w.label}")
+        started = time.perf_counter()
+        results[w.label] = run_experiment(exp, folder, workers=workers, progress=progress)
+        _say(progress, f"  {w.label}: {results[w.label].ran} cells run in "
+                       f"{time.perf_counter() - started:.0f} s, {results[w.label].skipped} "
+                       "already done")
+    return results
+
+
+# ----------------------------------------------------------------------------- bound
+
+def bound_cells(c: Comparison, w: WorkloadSpec) -> list[dict[str, Any]]:
+    """The (app, grid point, seed) cells of a workload the bound is computed for."""
+    import itertools
+
+    keys = list(w.grid)
+    points = [dict(zip(keys, values, strict=True))
+              for values in itertools.product(*(w.grid[k] for k in keys))] or [{}]
+    seeds = [s for s in c.bound["seeds"] if s in (w.seeds or c.seeds)] or \
+        list(w.seeds or c.seeds)[:1]
+    return [{"app": app, "grid": point, "seed": seed}
+            for app in (w.apps or ("all",)) for point in points for seed in seeds]
+
+
+def _expand(value: Any, traces: Path) -> Any:
+    if isinstance(value, str):
+        return value.replace("{traces}", str(traces))
+    if isinstance(value, Mapping):
+        return {k: _expand(v, traces) for k, v in value.items()}
+    return value
+
+
+def run_bounds(c: Comparison, out: Path, workers: int, progress: bool,
+               notes: list[str]) -> list[dict[str, Any]]:
+    """The clairvoyant bound and best static of every workload cell (cached per cell); a
+    cell whose bound cannot be computed is added to `notes`."""
+    from jsorc_sim import clairvoyant  # type: ignore[attr-defined,unused-ignore]
+
+    rows: list[dict[str, Any]] = []
+    for w in c.workloads:
+        if not w.bound or not c.bound.get("enabled", True):
+            continue
+        todo = bound_cells(c, w)
+        for j, cell in enumerate(todo, 1):
+            overrides = {**_expand(dict(w.set), c.traces_dir), **cell["grid"]}
+            job = {"scenario": w.scenario, "app": cell["app"], "seed": cell["seed"],
+                   "overrides": overrides, "duration_s": w.duration_s,
+                   "objective": c.objective, **{k: c.bound[k] for k in
+                                                ("stretches", "ladder", "max_candidates",
+                                                 "shortlist")}}
+            key = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()
+                                 ).hexdigest()[:16]
+            path = out / w.label / "bound" / f"{key}.json"
+            failed = path.with_suffix(".failed")
+            if failed.is_file():  # recorded, not retried: delete the file to try again
+                notes.append(failed.read_text().strip())
+                continue
+            if not path.is_file():
+                _say(progress, f"bound {w.label} {j}/{len(todo)}: {cell['app']} "
+                               f"{_point_text(cell['grid'])} seed {cell['seed']}")
+                try:
+                    found = clairvoyant.piecewise_static(
+                        w.scenario, seed=cell["seed"],
+                        app=None if cell["app"] == "all" else cell["app"],
+                        overrides=overrides, duration_s=w.duration_s,
+                        stretches=int(c.bound["stretches"]), objective=c.objective,
+                        ladder=tuple(c.bound["ladder"]),
+                        max_candidates=int(c.bound["max_candidates"]),
+                        shortlist=int(c.bound["shortlist"]), workers=workers)
+                except clairvoyant.BoundError as exc:
+                    # No bound for this cell: said in the report, the other cells go on.
+                    text = (f"bound not computed for {w.label} {cell['app']} "
+                            f"{_point_text(cell['grid'])} seed {cell['seed']}: {exc}")
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    failed.write_text(text + "\n")
+                    notes.append(text)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                record = {"job": job, "schedule": list(found.schedule),
+                          "metrics": dict(found.metrics), "static": _jsonable(found.static),
+                          "method": found.method}
+                path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+            record = json.loads(path.read_text())
+            base = {"workload": w.label, "app": cell["app"], "seed": cell["seed"],
+                    **{k: v for k, v in cell["grid"].items()}}
+            rows.append({**base, "policy": "clairvoyant", **record["metrics"],
+                         "schedule": json.dumps(record["schedule"])})
+            static = record["static"]
+            rows.append({**base, "policy": "best static", **static.get("metrics", {}),
+                         "schedule": json.dumps(static.get("placements", {}))})
+    return rows
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _point_text(point: Mapping[str, Any]) -> str:
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items())
+
+
+# ----------------------------------------------------------------------------- command
+
+def run_comparison(c: Comparison, out: Path, *, workers: int = 2, progress: bool = True,
+                   svg: bool = False) -> Any:
+    """Every stage, in order; returns the report (jsorc_sim.compare_report.Report)."""
+    from jsorc_sim import compare_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.toml").write_text(c.text)
+    started = time.perf_counter()
+    tuned = tune_all(c, out, workers, progress)
+    learned, note = train_learned(c, out, progress)
+    notes = [note] if note else []
+    results = run_workloads(c, tuned, learned, out, workers, progress)
+    bounds = run_bounds(c, out, workers, progress, notes)
+    report = compare_report.build(c, tuned, results, bounds, out, notes=notes, svg=svg)
+    report.wall_s = time.perf_counter() - started
+    return report
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "compare", help="the fair comparison: tune every policy, run every workload, the "
+        "clairvoyant bound, latency-and-cost tables, Pareto plots and the targets",
+        description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("file", help="comparison TOML file (experiments/comparison.toml)")
+    p.add_argument("--out", metavar="DIR", help="where everything goes (default runs/NAME)")
+    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--traces", metavar="DIR", help="what {traces} expands to")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny budgets, one seed, short runs: a first look (and the tests)")
+    p.add_argument("--svg", action="store_true", help="SVG plots beside the PNGs")
+    p.add_argument("--no-progress", action="store_true", help="nothing on stderr while it runs")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise CompareError("--workers", [f"must be at least 1, got {args.workers}"])
+    c = load_comparison(args.file, args.traces, quick=args.quick)
+    out = Path(args.out) if args.out else Path("runs") / c.name
+    report = run_comparison(c, out, workers=args.workers, progress=not args.no_progress,
+                            svg=args.svg)
+    print(report.text)
+    return 0
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(f"compare: {text}", file=sys.stderr, flush=True)

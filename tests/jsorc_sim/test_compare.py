@@ -1,0 +1,184 @@
+"""`jsorc-sim compare`: the file is checked, the stages compose, and the tables are true."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jsorc_sim.compare import CompareError, experiment_file, load_comparison, nest
+from jsorc_sim.compare_report import dominated
+
+ROOT = Path(__file__).resolve().parents[2]
+LOADTEST = ROOT / "experiments" / "scenarios" / "jsorc_loadtest.toml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cmp.toml"
+    path.write_text(text)
+    return path
+
+
+SMALL = f"""
+name = "small"
+seeds = [1, 2]
+[tune]
+samples = 2
+iterations = 1
+duration_s = 120
+[tune.train]
+scenario = "{LOADTEST}"
+apps = ["sentence_pairing"]
+seeds = [1]
+set = {{ "workload.clients" = 4 }}
+[tune.test]
+scenario = "{LOADTEST}"
+apps = ["flow_analysis"]
+seeds = [2]
+set = {{ "workload.clients" = 4 }}
+[bound]
+stretches = 2
+seeds = [1]
+ladder = [1, 2]
+max_candidates = 6
+[baselines]
+placements = ["all_remote"]
+scalers = ["hpa"]
+[baselines.scaler_space.hpa]
+target = [0.3, 1.0]
+[[policy]]
+label = "model_based"
+name = "model_based"
+kind = "ours"
+space = {{ replica_price_ms = {{ low = 1.0, high = 50.0, log = true }} }}
+[[policy]]
+label = "evaluation"
+name = "evaluation"
+kind = "reference"
+[[workload]]
+label = "loadtest"
+scenario = "{LOADTEST}"
+apps = ["sentence_pairing"]
+grid = {{ "workload.clients" = [2] }}
+duration_s = 240
+"""
+
+
+def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
+    path = _write(tmp_path, SMALL.replace('name = "small"', 'name = "small"\ncolour = 1')
+                  .replace('kind = "reference"', 'kind = "reference"\nworkloads = ["nope"]')
+                  + '\n[[workload]]\nlabel = "x"\nscenario = "missing.toml"\n')
+    with pytest.raises(CompareError) as err:
+        load_comparison(path)
+    text = str(err.value)
+    assert "'colour'" in text
+    assert "unknown workload 'nope'" in text
+    assert "missing.toml" in text
+
+
+def test_baselines_are_every_placement_with_every_scaler(tmp_path: Path) -> None:
+    text = SMALL.replace('placements = ["all_remote"]',
+                         'placements = ["evaluation", "all_remote"]') \
+        .replace('scalers = ["hpa"]', 'scalers = ["hpa", "kpa"]') \
+        .replace("[baselines.scaler_space.hpa]",
+                 "[baselines.placement_space]\nnode_mem_threshold = [0.6, 0.9]\n"
+                 "[baselines.scaler_space.hpa]")
+    c = load_comparison(_write(tmp_path, text))
+    labels = [p.label for p in c.policies if p.name == "compose"]
+    assert labels == ["evaluation+hpa", "evaluation+kpa", "all_remote+hpa", "all_remote+kpa"]
+    spaces = {p.label: set(p.space) for p in c.policies}
+    assert spaces["evaluation+hpa"] == {"scaler_params.target",
+                                        "placement_params.node_mem_threshold"}
+    assert spaces["all_remote+hpa"] == {"scaler_params.target"}  # nothing to place
+    assert spaces["evaluation+kpa"] == {"placement_params.node_mem_threshold"}
+
+
+def test_the_experiment_of_a_workload_runs_the_tuned_values(tmp_path: Path) -> None:
+    from jsorc_sim.compare import Tuned
+
+    c = load_comparison(_write(tmp_path, SMALL))
+    tuned = {"all_remote+hpa": Tuned("all_remote+hpa", nest(
+        {"placement": "all_remote", "scaler": "hpa", "scaler_params.target": 0.42}), {},
+        None, None, None, None)}
+    exp = experiment_file(c, c.workloads[0], tuned, None)
+    by_label = {p["label"]: p for p in exp["policy"]}
+    assert by_label["all_remote+hpa"]["params"] == {
+        "placement": "all_remote", "scaler": "hpa", "scaler_params": {"target": 0.42}}
+    assert set(by_label) == {"all_remote+hpa", "model_based", "evaluation"}
+    assert exp["seeds"] == [1, 2]
+
+
+def test_nest_builds_nested_parameters() -> None:
+    assert nest({"a": 1, "b.c": 2, "b.d.e": 3, "b": {"f": 4}}) == {
+        "a": 1, "b": {"c": 2, "d": {"e": 3}, "f": 4}}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(*[st.integers(0, 4)] * 3), min_size=1, max_size=12))
+def test_dominance_matches_a_brute_force(points: list[tuple[int, int, int]]) -> None:
+    arr = np.array(points, dtype=float)
+    got = dominated(arr, arr)
+    for i, p in enumerate(points):
+        expect = any(all(q[k] <= p[k] for k in range(3)) and any(q[k] < p[k] for k in range(3))
+                     for q in points)
+        assert got[i] == expect
+
+
+def test_no_data_is_dominated_by_data() -> None:
+    pts = np.array([[1.0, 1.0, 1.0], [np.nan, 0.0, 0.0]])
+    assert list(dominated(pts, pts)) == [False, True]
+
+
+@pytest.mark.slow
+def test_a_small_comparison_end_to_end(tmp_path: Path) -> None:
+    """Tune two policies, run one workload with two seeds, the bound on seed 1; the tables'
+    means are the cells' own means, the fronts are the brute-force fronts."""
+    from jsorc_sim.compare import run_comparison
+
+    c = load_comparison(_write(tmp_path, SMALL))
+    out = tmp_path / "out"
+    report = run_comparison(c, out, workers=2, progress=False)
+    cells = pd.read_csv(out / "cells.csv")
+    results = pd.read_parquet(out / "loadtest" / "results.parquet")
+    for policy in ("model_based", "all_remote+hpa", "evaluation"):
+        for metric in ("95th_latency", "replica_core_s"):
+            values = results[(results["policy"] == policy) & (results["metric"] == metric)]
+            assert len(values) == 2  # two seeds
+            row = cells[cells["policy"] == policy].iloc[0]
+            assert row[metric] == pytest.approx(values["value"].mean())
+    # the bound rows are there, and each policy's regret is its objective minus the bound's
+    bound = cells[cells["policy"] == "clairvoyant"]
+    assert len(bound) == 1
+    seed1 = results[(results["seed"] == 1)]
+    for policy in ("model_based", "all_remote+hpa"):
+        p95 = seed1[(seed1["policy"] == policy) & (seed1["metric"] == "95th_latency")]
+        core = seed1[(seed1["policy"] == policy) & (seed1["metric"] == "replica_core_s")]
+        objective = float(p95["value"].iloc[0]) + 0.05 * float(core["value"].iloc[0])
+        row = cells[cells["policy"] == policy].iloc[0]
+        assert row["regret"] == pytest.approx(objective - bound["objective"].iloc[0])
+    # fronts by brute force over the policies (not the bound rows)
+    runs = cells[cells["kind"] != "bound"]
+    pts = runs[["95th_latency", "replica_core_s", "node_memory_gb_s"]].to_numpy(float)
+    for (i, p), front in zip(enumerate(pts), runs["front"], strict=True):
+        beaten = any((q <= p).all() and (q < p).any() for j, q in enumerate(pts) if j != i)
+        assert bool(front) == (not beaten)
+    tuned = json.loads((out / "tuned.json").read_text())
+    assert set(tuned) == {"all_remote+hpa", "model_based"}
+    target = tuned["all_remote+hpa"]["params"]["scaler_params"]["target"]
+    assert 0.3 <= target <= 1.0
+    assert (out / "pareto_loadtest_clients2.png").is_file()
+    for policy in ("model_based", "all_remote+hpa", "evaluation", "clairvoyant"):
+        assert policy in report.text
+    assert any(line.startswith(("PASS", "FALL SHORT", "NOT MEASURED"))
+               for line in report.verdicts)
+    # resumable: a second run simulates nothing new
+    again = run_comparison(c, out, workers=1, progress=False)
+    assert again.text == report.text
+    for combo in itertools.product(["loadtest"], ["cells"]):
+        assert (out / combo[0] / combo[1]).is_dir()
