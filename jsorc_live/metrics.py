@@ -8,24 +8,33 @@
 - `RuntimeMetrics`: the runtime's end-to-end call latency by action and placement
   (`jsorc_call_latency_seconds`, a histogram built from the call log, so the router needs
   no hook), where each action is placed (`jsorc_action_placement`) and the replicas asked for
-  (`jsorc_replicas_desired`). The call counters and ready replicas are api_routes._Metrics'.
+  (`jsorc_replicas_desired`), and each app's walker runs (`jsorc_walker_runs_total` by
+  outcome, `jsorc_walker_latency_seconds`, both from the request log). The call counters and
+  ready replicas are api_routes._Metrics'.
+- `ServiceMetrics`: each kept-alive service's state (`jsorc_service_state`, 1 for the state
+  it is in) and restarts (`jsorc_service_restarts_total`), for deploy/grafana's dashboard.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policies import Mode
 
-__all__ = ["LATENCY_BUCKETS", "HttpByteCounters", "HttpBytes", "RuntimeMetrics"]
+__all__ = ["LATENCY_BUCKETS", "HttpByteCounters", "HttpBytes", "RuntimeMetrics",
+           "ServiceMetrics"]
 
 #: Call latency buckets in seconds (the action servers use the same).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -91,7 +100,35 @@ class _Runtime(Protocol):
     def calls(self) -> _CallLog: ...
 
     @property
+    def requests(self) -> _CallLog: ...
+
+    @property
     def routers(self) -> dict[str, Any]: ...
+
+
+class _Histogram:
+    """Counts per bucket (the last: +Inf) and the sum, of one label set."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0.0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, b in enumerate(self.buckets) if seconds <= b), len(self.buckets))
+        self.counts[index] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, running = [], 0.0
+        for bound, n in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value)
 
 
 class RuntimeMetrics(Collector):
@@ -99,50 +136,63 @@ class RuntimeMetrics(Collector):
 
     The histogram reads the rows logged since the last scrape (a call row: action at 3,
     placement at 4, latency_ms at 9, ok at 10), so every successful call is counted once
-    whatever the number of scrapers; failed calls have no latency and are not in it.
+    whatever the number of scrapers; failed calls have no latency and are not in it. Walker
+    runs are read the same way from the request log: every run is counted by outcome, the
+    successful ones' latency goes into `jsorc_walker_latency_seconds`.
     """
 
     def __init__(self, runtime: _Runtime, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
         self.runtime = runtime
         self.buckets = tuple(buckets)
         self._cursor = runtime.calls.cursor
+        self._request_cursor = runtime.requests.cursor
         self._lock = threading.Lock()
-        # (action, placement) -> [count per bucket (last: +Inf)..., sum of seconds]
-        self._hist: dict[tuple[str, str], list[float]] = {}
+        self._hist: dict[tuple[str, str], _Histogram] = {}  # (action, placement)
+        self._walker_hist: dict[str, _Histogram] = {}  # app
+        self._walker_runs: dict[tuple[str, bool], int] = {}  # (app, ok)
 
     def describe(self) -> Iterator[Any]:
         yield HistogramMetricFamily("jsorc_call_latency_seconds", "", labels=["a", "p"])
         yield GaugeMetricFamily("jsorc_action_placement", "", labels=["a", "p"])
         yield GaugeMetricFamily("jsorc_replicas_desired", "", labels=["a"])
+        yield CounterMetricFamily("jsorc_walker_runs", "", labels=["app", "ok"])
+        yield HistogramMetricFamily("jsorc_walker_latency_seconds", "", labels=["app"])
 
     def _absorb(self) -> None:
         rows, self._cursor = self.runtime.calls.since(self._cursor)
         for row in rows:
-            latency_ms = row[9]
-            if not row[10] or not isinstance(latency_ms, float | int) \
-                    or not math.isfinite(latency_ms):
-                continue
-            seconds = latency_ms / 1000.0
-            counts = self._hist.setdefault((row[3], row[4]), [0.0] * (len(self.buckets) + 2))
-            index = next((i for i, b in enumerate(self.buckets) if seconds <= b),
-                         len(self.buckets))
-            counts[index] += 1
-            counts[-1] += seconds
+            if row[10] and _finite(row[9]):
+                self._hist.setdefault((row[3], row[4]), _Histogram(self.buckets)).observe(
+                    row[9] / 1000.0)
+        # A request row: ts, id, app, latency_ms, ok, error.
+        requests, self._request_cursor = self.runtime.requests.since(self._request_cursor)
+        for _, _, app, latency_ms, ok, _ in requests:
+            key = (app, bool(ok))
+            self._walker_runs[key] = self._walker_runs.get(key, 0) + 1
+            if ok and _finite(latency_ms):
+                self._walker_hist.setdefault(app, _Histogram(self.buckets)).observe(
+                    latency_ms / 1000.0)
 
     def collect(self) -> Iterator[Any]:
         latency = HistogramMetricFamily(
             "jsorc_call_latency_seconds",
             "End-to-end latency of successful action calls (wait, service and network)",
             labels=["action", "placement"])
+        runs = CounterMetricFamily("jsorc_walker_runs", "walker runs finished, by outcome",
+                                   labels=["app", "ok"])
+        walker_latency = HistogramMetricFamily(
+            "jsorc_walker_latency_seconds", "Latency of successful walker runs (every call)",
+            labels=["app"])
         with self._lock:
             self._absorb()
-            for (action, placement), counts in sorted(self._hist.items()):
-                cumulative, running = [], 0.0
-                for bound, n in zip((*map(str, self.buckets), "+Inf"), counts[:-1],
-                                    strict=True):
-                    running += n
-                    cumulative.append((bound, running))
-                latency.add_metric([action, placement], cumulative, counts[-1])
+            for (action, placement), hist in sorted(self._hist.items()):
+                latency.add_metric([action, placement], hist.cumulative(), hist.sum)
+            for (app, ok), count in sorted(self._walker_runs.items()):
+                runs.add_metric([app, str(ok).lower()], count)
+            for app, hist in sorted(self._walker_hist.items()):
+                walker_latency.add_metric([app], hist.cumulative(), hist.sum)
+        yield runs
+        yield walker_latency
         yield latency
         placed = GaugeMetricFamily("jsorc_action_placement",
                                    "1 for where each action's calls go now",
@@ -157,3 +207,34 @@ class RuntimeMetrics(Collector):
             desired.add_metric([name], float(router.desired.replicas))
         yield placed
         yield desired
+
+
+class ServiceMetrics(Collector):
+    """The kept-alive services (`status()`: name -> a MetaService status row) as gauges: one
+    series per known state, 1 for the one the service is in (a state timeline needs the 0s
+    to end a state when the next begins), and its restarts so far."""
+
+    def __init__(self, status: Callable[[], Mapping[str, Mapping[str, Any]]],
+                 states: Sequence[str]) -> None:
+        self.status = status
+        self.states = tuple(states)
+
+    def describe(self) -> Iterator[Any]:
+        yield GaugeMetricFamily("jsorc_service_state", "", labels=["service", "state"])
+        yield CounterMetricFamily("jsorc_service_restarts", "", labels=["service"])
+
+    def collect(self) -> Iterator[Any]:
+        state = GaugeMetricFamily("jsorc_service_state",
+                                  "1 for the state each kept-alive service is in",
+                                  labels=["service", "state"])
+        restarts = CounterMetricFamily("jsorc_service_restarts",
+                                       "restarts of each kept-alive service by keep-alive",
+                                       labels=["service"])
+        for name, row in sorted(self.status().items()):
+            now = str(row.get("state", ""))
+            for known in dict.fromkeys((*self.states, now)):
+                state.add_metric([name, known], 1.0 if known == now else 0.0)
+            if isinstance(row.get("restarts"), int):
+                restarts.add_metric([name], float(row["restarts"]))
+        yield state
+        yield restarts

@@ -2,8 +2,8 @@
 process and latency metrics, and their admin commands.
 
 `Ops.attach(app, service, registry)` (from api_routes.make_app) adds to the app: the
-process collector, `RuntimeMetrics` and `HttpBytes` (jsorc_live.metrics) on its /metrics, and
-the routes (`routes()`) of
+process collector, `RuntimeMetrics`, `ServiceMetrics` and `HttpBytes` (jsorc_live.metrics) on
+its /metrics, and the routes (`routes()`) of
 
     POST /jsorc/tracksys/start | stop | report
     POST /jsorc/service/refresh {"name": N} | /jsorc/service/status
@@ -27,9 +27,9 @@ from pydantic import BaseModel
 
 from jsorc_live.api_models import Answer, Empty, ServiceName
 from jsorc_live.api_schema import Handler, Operation, Route
-from jsorc_live.metrics import HttpByteCounters, HttpBytes, RuntimeMetrics
+from jsorc_live.metrics import HttpByteCounters, HttpBytes, RuntimeMetrics, ServiceMetrics
 from jsorc_live.runtime import RuntimeRefusal
-from jsorc_live.services import MetaService, ScrapeTarget, ServiceError
+from jsorc_live.services import MetaService, ScrapeTarget, ServiceError, State
 from jsorc_live.tracksys import PodScope, TrackSys, TrackSysError
 
 if TYPE_CHECKING:
@@ -66,6 +66,9 @@ class Ops:
         ops = cls(service)
         ProcessCollector(registry=registry)
         registry.register(RuntimeMetrics(service.runtime))
+        # ops.meta is replaced by restart_services: read it at each scrape.
+        registry.register(ServiceMetrics(lambda: ops.meta.status(),
+                                         [s.value for s in State]))
         app.add_middleware(HttpBytes, counters=HttpByteCounters(registry))
         app.state.jsorc_ops = ops
         return ops

@@ -182,3 +182,35 @@ def test_a_small_comparison_end_to_end(tmp_path: Path) -> None:
     assert again.text == report.text
     for combo in itertools.product(["loadtest"], ["cells"]):
         assert (out / combo[0] / combo[1]).is_dir()
+
+
+def test_the_command_refuses_a_bad_file_in_one_message(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from jsorc_sim.cli import main
+
+    path = _write(tmp_path, SMALL.replace('name = "small"',
+                                          'name = "small"\nobjective = "p95 + 1"'))
+    assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown metric 'p95'" in err and str(path) in err
+    assert not (tmp_path / "out").exists()  # nothing written for a file that cannot run
+    assert main(["compare", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_shortlist_limits_each_stretch_to_the_best_static_candidates() -> None:
+    """With a shortlist of one, the only candidate of every stretch is the best static one:
+    the greedy schedule is that placement throughout, and the bound is the static one."""
+    from jsorc_sim.clairvoyant import piecewise_static
+
+    found = piecewise_static(LOADTEST, seed=1, app="sentence_pairing", duration_s=240,
+                             stretches=2, ladder=(1, 2), shortlist=1,
+                             overrides={"workload.clients": 2})
+    table = found.table
+    static = table[table["search"] == "static"]
+    best = static.loc[static["objective"].idxmin(), "placement"]
+    piecewise = table[table["search"] == "piecewise"]
+    assert set(piecewise["placement"]) == {best}
+    assert found.metrics["objective"] == pytest.approx(found.static["metrics"]["objective"])
+    assert "best static ones" not in found.method or "1 best" in found.method
