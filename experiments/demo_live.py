@@ -9,6 +9,11 @@ controller on (every 2 s), sets `all_remote` and waits until every action is ser
 replica process, drives the loadtest, switches to `model_based`, shows the placements it
 chooses, loadtests again, prints both reports, and stops everything (the server stops its
 replica processes). All through the `jsorc` CLI, as a user would.
+
+Before it stops the server it opens the dashboard (`/dashboard`, signed in with a viewer
+token) in headless Chromium and writes its screenshot (`--screenshot`, default
+docs/dashboard.png); the last line printed is the dashboard's URL. Without chromium,
+chromium-driver or selenium it says so and skips the screenshot.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -116,15 +122,62 @@ def loadtest(url: str, token: str, app: str, clients: int, duration: float) -> d
     return stats
 
 
+def dashboard_screenshot(url: str, token: str, path: Path, timeout_s: float = 30.0) -> str:
+    """Sign in to `url`/dashboard with `token` in headless Chromium, wait until the charts
+    hold points, and save the page to `path`. What happened, as one line (a missing browser
+    is a skip, not an error)."""
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        return ("no screenshot: chromium and chromium-driver are not installed "
+                "(apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.common.by import By
+    except ImportError:
+        return "no screenshot: selenium is not installed (pip install -e '.[dev]')"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,2000", "--hide-scrollbars"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(f"{url}/dashboard")
+        driver.find_element(By.ID, "token").send_keys(token)
+        driver.find_element(By.CSS_SELECTOR, "#login button").click()
+        deadline = time.monotonic() + timeout_s
+        drawn = "return Number((document.getElementById('chart-throughput') || " \
+                "{dataset: {}}).dataset.points || 0)"
+        while driver.execute_script(drawn) < 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1.0)  # the polls after the first draw settle the tables
+        # The whole page, decisions and services below the charts included.
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, min(int(height) + 300, 6000))  # + the window frame
+        time.sleep(0.5)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(path))
+    finally:
+        driver.quit()
+    return f"screenshot of the dashboard: {path}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app", default="restaurant_chatbot", choices=sorted(APPS))
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--screenshot", type=Path,
+                        default=Path(__file__).resolve().parent.parent / "docs" / "dashboard.png",
+                        help="where the dashboard's screenshot goes (default %(default)s)")
     args = parser.parse_args(argv)
     actions = APPS[args.app]
     token = secrets.token_hex(16)
-    with server(token) as url:
+    viewer = secrets.token_hex(16)  # the dashboard's read-only token
+    # With Prometheus kept alive the dashboard adds its range queries beside its own series.
+    keep = ("--keep-alive", "prometheus") if shutil.which("prometheus") else ()
+    with server(token, "--viewer-token", viewer, *keep) as url:
         for action in actions:
             jsorc(url, token, "actions", "config", action, "jsorc_live.actions.config")
         jsorc(url, token, "config", "set", "backoff_interval", "2")
@@ -144,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             if policy == "model_based":
                 shown = wait_placements(url, token, actions, "")
                 print(f"  placements after the loadtest: {shown}", file=sys.stderr)
+        print(f"  {dashboard_screenshot(url, viewer, args.screenshot)}", file=sys.stderr)
 
     keys = ("throughput", "average_latency", "50th_latency", "95th_latency", "99th_latency",
             "failed")
@@ -152,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':16s}" + "".join(f"{k:>17s}" for k in keys))
     for policy, stats in reports.items():
         print(f"{policy:16s}" + "".join(f"{_fmt(stats.get(k)):>17s}" for k in keys))
+    # After a blank line, so that the README's block (the table's paragraph) stays the table.
+    print(f"\ndashboard: {url}/dashboard (open it while jsorc serve runs, with the admin "
+          "token or --viewer-token)")
     return 0
 
 

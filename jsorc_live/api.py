@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from jsorc_live.kube.settings import (
     parse_kube_settings,
 )
 from jsorc_live.limits import DEFAULT_MAX_BODY_BYTES, PoolSizes
+from jsorc_live.meta_config import check_services
 from jsorc_live.runtime import (
     ActionInfo,
     CallTiming,
@@ -56,6 +57,8 @@ from jsorc_live.runtime import (
     Walker,
     loadtest_walkers,
 )
+from jsorc_live.service_kinds import BUILTIN_NAMES, check_keep_alive
+from jsorc_live.store import StateKeeper
 from policies import Mode, Placement, PlacementError
 
 log = logging.getLogger(__name__)
@@ -82,12 +85,16 @@ class Settings:
     keep_alive: tuple[str, ...] = ()
     kubernetes: KubeSettings | None = None
     max_replicas: int = 32
+    # META_CONFIG `services` (jsorc_live.meta_config.check_services), as JSON values.
+    services: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         kube: bool | dict[str, Any] = (False if self.kubernetes is None
                                        else self.kubernetes.as_dict())
         return {"automation": self.automation, "backoff_interval": self.backoff_interval,
-                "namespace": self.namespace, "keep_alive": list(self.keep_alive),
+                # services before keep_alive, which may name one (MetaConfig's order)
+                "namespace": self.namespace, "services": dict(self.services),
+                "keep_alive": list(self.keep_alive),
                 "kubernetes": kube, "max_replicas": self.max_replicas}
 
     def set(self, name: str, value: Any) -> None:
@@ -95,6 +102,13 @@ class Settings:
         if not isinstance(name, str) or name not in self.as_dict():
             raise RuntimeRefusal(f"unknown config {name!r} (known: "
                                  f"{', '.join(self.as_dict())})", 404)
+        if name == "services":
+            try:
+                self.services = check_services(read_json_value(value.encode())
+                                               if isinstance(value, str) else value)
+            except (ValueError, BadRequest) as exc:
+                raise RuntimeRefusal(str(exc)) from None
+            return
         if isinstance(value, str) and name != "namespace":
             try:  # the CLI's text: JSON when it reads as JSON (never NaN or an infinity)
                 value = read_json_value(value.encode())
@@ -140,7 +154,11 @@ class Settings:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise RuntimeRefusal(f"config keep_alive must be a list of service names, "
                                      f"got {value!r}")
-            self.keep_alive = tuple(value)
+            try:
+                self.keep_alive = tuple(check_keep_alive(value,
+                                                         [*BUILTIN_NAMES, *self.services]))
+            except ValueError as exc:
+                raise RuntimeRefusal(f"config keep_alive: {exc}") from None
 
 
 ConfigLoader = Callable[[str, str], ActionInfo]  # (config module, action) -> info
@@ -181,6 +199,10 @@ class JsorcService:
         self.settings = settings or Settings()
         self._lock = threading.Lock()
         self._closed = False
+        # Action name -> the config module it was configured from (what a restart reloads),
+        # and what keeps the state across restarts (jsorc_live.store; `jsorc serve` sets it).
+        self.action_configs: dict[str, str] = {}
+        self.state: StateKeeper | None = None
         # The walkers the runtime came with (JSORC's loadtest apps): `walker set` keeps them.
         self.builtin_walkers = frozenset(runtime.walkers)
         self.apply_settings()
@@ -221,6 +243,7 @@ class JsorcService:
             self.runtime.configure(info)
             router = self.runtime.router(name)
             message = f"config of {name} loaded from {config}"
+        self.action_configs[name] = config
         adopted = (self.backend.adopted().get(name, 0)
                    if isinstance(self.backend, PersistentBackend) else 0)
         if adopted and router.desired.mode is Mode.UNLOADED:
@@ -345,6 +368,11 @@ class JsorcService:
                 self._policy_ref, self._policy_params,
                 allowed_modules=self.allowed_policy_modules))
 
+    def policy_choice(self) -> tuple[str, dict[str, Any]]:
+        """The policy's resolved reference and its parameters as they were set."""
+        with self._lock:
+            return self._policy_ref, dict(self._policy_params)
+
     def controller_info(self) -> dict[str, Any]:
         return {"policy": self.policy_name, "starts": self._controller_starts,
                 "automation": self.settings.automation,
@@ -417,7 +445,8 @@ class JsorcService:
                 "policy": self.policy_name,
                 "controller": plain(self.controller.health()),
                 "walkers": sorted(self.runtime.walkers),
-                "actions": {name: r.status() for name, r in sorted(self.runtime.routers.items())}}
+                "actions": {name: r.status() for name, r in sorted(self.runtime.routers.items())},
+                "state": self.state.status() if self.state else {"store": None}}
 
     def walker_set(self, name: str, steps: Any) -> dict[str, Any]:
         """A user-defined walker: steps [{action, function, args: {param: ctx key},
@@ -440,6 +469,8 @@ class JsorcService:
         if self._closed:
             return
         self._closed = True
+        if self.state is not None:  # the last save, before the actions are unloaded
+            self.state.close()
         self.controller.stop()
         if isinstance(self.backend, PersistentBackend) and self.backend.detach():
             log.warning("leaving the replicas running for the next controller to adopt")
@@ -518,7 +549,8 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
                   max_replicas: int = 32,
                   credentials: AdminCredentials | None = None,
                   allowed_policy_modules: tuple[str, ...] = (),
-                  policy_files: tuple[str, ...] = ()) -> tuple[JsorcService, FastAPI]:
+                  policy_files: tuple[str, ...] = (),
+                  viewer_token: str | None = None) -> tuple[JsorcService, FastAPI]:
     """The service and its app over the real parts: jsorc_live.actions' loader and client,
     and the process backend or the kube one (`kube`: its settings, default kubeconfig when
     None; `namespace`; `kube_options`: KubeBackend's tuning). `config` configures every
@@ -528,7 +560,8 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
     `allowed_policy_modules` (`pkg.mod` or `pkg.*`) and the modules of `policy_files` (each
     imported here, at start-up) are the only ones `actionpolicy set module:Class` may import,
     and `policy_files` the only files `actionpolicy set path/to/file.py:Class` may name;
-    a bad entry or file raises policies.PolicyError. A kube
+    a bad entry or file raises policies.PolicyError. `viewer_token` opens /dashboard only
+    (jsorc_live.dashboard). A kube
     backend that cannot reach its cluster raises jsorc_live.kube.KubeError (one line)."""
     from jsorc_live.actions import config as configs
     from jsorc_live.actions.loader import AllowList, LocalModule
@@ -590,4 +623,4 @@ def build_service(token: str, *, backend: str = "process", config: str | None = 
     # jsctl's login: the admin's email and password, from the environment of `jsorc serve`.
     credentials = credentials or AdminCredentials.from_env(os.environ)
     return service, make_app(service, token, credentials=credentials, pools=pools,
-                             max_body_bytes=max_body_bytes)
+                             max_body_bytes=max_body_bytes, viewer_token=viewer_token)

@@ -294,6 +294,8 @@ class StatusAnswer(Answer):
     policy: str
     walkers: list[str]
     actions: dict[str, ActionStatus]
+    # Which store keeps the state across restarts, when it last saved (jsorc_live.store).
+    state: dict[str, Any] | None = None
 
 
 class CallsAnswer(Answer):

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from jsorc_live import api_models as m
 from jsorc_live.api_models import BadRequest, check_body, plain, read_json_object
 from jsorc_live.api_schema import RETRY_AFTER, Auth, Handler, Operation, Route, openapi_document
+from jsorc_live.dashboard import mount as mount_dashboard
 from jsorc_live.jaseci_api import JaseciApi, add_routes
 from jsorc_live.jaseci_login import AdminCredentials
 from jsorc_live.limits import (
@@ -155,10 +156,12 @@ def _jsorc_routes(service: JsorcService, ops: Ops) -> list[Route]:
 
 def make_app(service: JsorcService, token: str, *,
              credentials: AdminCredentials | None = None, pools: PoolSizes | None = None,
-             max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+             max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+             viewer_token: str | None = None) -> FastAPI:
     """The FastAPI app around `service`; admin calls need `token`. Jaseci's paths
     (jsorc_live.jaseci_api) alias the admin API, and `credentials` turn on their login.
-    `pools`: the walker and admin thread pools; `max_body_bytes`: the body limit."""
+    `pools`: the walker and admin thread pools; `max_body_bytes`: the body limit.
+    `viewer_token` opens /dashboard (jsorc_live.dashboard) and nothing else."""
     if not token:
         raise ValueError("an admin token is required (set JSORC_TOKEN)")
     threads = Pools(pools)
@@ -166,7 +169,13 @@ def make_app(service: JsorcService, token: str, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await threads.admin(ops.start)  # keep-alive services
+        if service.state is not None:  # restored before serving (a kept-alive database is up)
+            await threads.admin(service.state.start)
+        await threads.admin(dashboard.start)  # its sampler
         yield
+        if service.state is not None:  # the last save, while a kept-alive database still runs
+            await threads.admin(service.state.close)
+        await threads.admin(dashboard.close)
         await threads.admin(jaseci.close)  # its tracksys state recorder
         await threads.admin(ops.close)
         await threads.admin(service.close)
@@ -177,6 +186,8 @@ def make_app(service: JsorcService, token: str, *,
     ops = Ops.attach(app, service, registry)  # tracksys, keep-alive, process/latency metrics
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # outermost: before any reading
     authorised = token_check(token)
+    dashboard = mount_dashboard(app, service, ops, threads, token=token,
+                                viewer_token=viewer_token)
 
     def route(spec: Route) -> None:
         op, model = spec.op, spec.op.request

@@ -4,7 +4,7 @@
                 [--kubeconfig FILE] [--context NAME] [--in-cluster] [--namespace NS]
                 [--keep-on-shutdown] [--walker-threads N] [--walker-queue N]
                 [--admin-threads N] [--max-body-mb MB] [--max-replicas N]
-                [--state-dir DIR] [--shutdown-timeout S]
+                [--state-dir DIR] [--database URL] [--shutdown-timeout S] [--viewer-token T]
     jsorc actions config NAME CONFIG
     jsorc actions load NAME -mode module|remote [--url URL] [--replicas N]
     jsorc actions status NAME
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave the Deployments running at exit for the next jsorc to adopt")
     serve_p.add_argument("--token", default=os.environ.get("JSORC_TOKEN"),
                          help="admin token (default $JSORC_TOKEN; required)")
+    serve_p.add_argument("--viewer-token", default=os.environ.get("JSORC_VIEWER_TOKEN"),
+                         help="a read-only token that opens /dashboard and nothing else "
+                              "(default $JSORC_VIEWER_TOKEN; the admin token opens it too)")
     serve_p.add_argument("--config", default=None,
                          help="configure every action of this config module at start")
     serve_p.add_argument("--policy", default="default", help="initial action policy")
@@ -134,8 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "`config set max_replicas` changes it)")
     serve_p.add_argument("--state-dir", default=None, metavar="DIR",
                          help="where the list of this server's child processes is kept, so "
-                              "the next server on this address stops what a killed one left "
+                              "the next server on this address stops what a killed one left, "
+                              "and its state (HOST-PORT.state.json) when no database keeps it "
                               "(default $XDG_STATE_HOME/jsorc or ~/.local/state/jsorc)")
+    serve_p.add_argument("--database", default=os.environ.get("JSORC_DATABASE_URL") or None,
+                         metavar="URL",
+                         help="keep the state (action configs, policy, settings, trackact) "
+                              "in this PostgreSQL, postgresql://user@host:port/db (default "
+                              "$JSORC_DATABASE_URL; else a kept-alive PostgreSQL; else a file "
+                              "in --state-dir)")
     serve_p.add_argument("--shutdown-timeout", type=_seconds, default=10.0, metavar="S",
                          help="on SIGTERM, requests in flight get S seconds, and closing "
                               "(replicas, services) S more; a second SIGTERM forces "
@@ -396,6 +406,13 @@ def status_table(answer: dict[str, Any]) -> str:
     config = answer.get("config", {})
     lines.append(f"policy {answer.get('policy')}, automation {config.get('automation')}, "
                  f"backoff_interval {config.get('backoff_interval')} s")
+    state = answer.get("state") or {}
+    if state.get("store"):
+        saved = state.get("last_saved") or "not yet"
+        problems = len(state.get("problems") or [])
+        lines.append(f"state kept in {state.get('where')}, last saved {saved}"
+                     + (f", {problems} problem(s) (see --json)" if problems else "")
+                     + (f", error: {state['last_error']}" if state.get("last_error") else ""))
     return "\n".join(lines)
 
 
@@ -440,6 +457,7 @@ def serve(args: argparse.Namespace) -> int:
     from jsorc_live.children import CHILDREN, StateFileBusy, default_state_dir, state_path
     from jsorc_live.kube import KubeError, KubeSettings
     from jsorc_live.limits import PoolSizes
+    from jsorc_live.store import StoreError
 
     if not args.token:
         fail("serve needs an admin token: pass --token or set JSORC_TOKEN")
@@ -466,9 +484,11 @@ def serve(args: argparse.Namespace) -> int:
                                      pools=PoolSizes(args.walker_threads, args.walker_queue,
                                                      args.admin_threads),
                                      max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                                     max_replicas=args.max_replicas)
+                                     max_replicas=args.max_replicas,
+                                     viewer_token=args.viewer_token or None)
         ops_cli.serving(app, args)  # the URL Prometheus scrapes; --keep-alive
-    except (KubeError, ValueError) as exc:  # a bad kubeconfig, cluster or namespace
+        keep_state(service, app, args)
+    except (KubeError, ValueError, StoreError) as exc:  # a bad kubeconfig, cluster or namespace
         CHILDREN.release_state_file()
         fail(f"cannot start: {exc}")
     except Exception as exc:
@@ -485,6 +505,26 @@ def serve(args: argparse.Namespace) -> int:
     shutdown.serve(app, host=args.host, port=args.port, log_level=args.log_level, close=close,
                    grace_s=args.shutdown_timeout, close_s=args.shutdown_timeout)
     return 0
+
+
+def keep_state(service: Any, app: Any, args: argparse.Namespace) -> None:
+    """The store that keeps `service`'s state across restarts (jsorc_live.store): restored
+    at the app's start, before it serves, and saved after each change."""
+    from jsorc_live.children import default_state_dir
+    from jsorc_live.service_kinds import ALIASES
+    from jsorc_live.store import StateKeeper, serve_store, state_file
+
+    def keeps_database() -> bool:
+        return any(ALIASES.get(name, name) == "postgresql"
+                   for name in service.settings.keep_alive)
+
+    def kept_url() -> str | None:  # None while the kept-alive PostgreSQL starts
+        url = app.state.jsorc_ops.database_url()
+        return url if isinstance(url, str) else None
+
+    path = state_file(args.state_dir or default_state_dir(), args.host, args.port)
+    service.state = StateKeeper.for_service(service, serve_store(
+        args.database, path, keeps_database=keeps_database, kept_url=kept_url))
 
 
 def devcluster(args: argparse.Namespace) -> int:

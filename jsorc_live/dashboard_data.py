@@ -36,14 +36,16 @@ from policies import Mode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHARTS", "MAX_WINDOW_S", "PLACEMENT_LEVEL", "SAMPLE_S", "WINDOWS_S", "Chart",
-           "Ring", "Sampler", "Series", "prometheus_charts"]
+__all__ = ["CHARTS", "MAX_POINTS", "MAX_WINDOW_S", "PLACEMENT_LEVEL", "SAMPLE_S", "WINDOWS_S",
+           "Chart", "Ring", "Sampler", "Series", "downsample", "prometheus_charts"]
 
 #: Seconds between samples (the page polls at the same pace).
 SAMPLE_S = 2.0
 #: The windows the page offers; any window up to MAX_WINDOW_S is answered.
 WINDOWS_S = (300, 1800, 7200)
 MAX_WINDOW_S = 7200.0
+#: Most points a runtime chart sends: a 2 h window of 2 s samples is averaged down to this.
+MAX_POINTS = 600
 #: A placement as a level of the placement chart.
 PLACEMENT_LEVEL = {Mode.UNLOADED: 0.0, Mode.LOCAL: 1.0, Mode.REMOTE: 2.0}
 _MB = 1024.0 * 1024.0
@@ -58,6 +60,10 @@ CHARTS: dict[str, tuple[str, str]] = {
     "throughput": ("walker throughput by app", "runs/s"),
     "walker_latency": ("walker latency p50 / p95 by app", "ms"),
 }
+
+
+#: Charts where a series that reads 0 throughout (an action never loaded) is left out.
+IDLE_IS_EMPTY = frozenset({"placement", "replicas"})
 
 
 @dataclass(frozen=True)
@@ -247,18 +253,41 @@ class Sampler:
         return math.nan if before is None else max(0.0, cpu_s - before) / dt
 
     def charts(self, window_s: float) -> list[Chart]:
-        """Every chart over the last `window_s` seconds; a series with no value in the
-        window is left out."""
+        """Every chart over the last `window_s` seconds. A series with no value in the
+        window is left out, and so are the placement and replicas of an action that was
+        unloaded throughout it (ten configured actions would otherwise draw ten flat 0s)."""
         times, values = self.ring.window(self._clock() - window_s)
+        step = max(1, math.ceil(len(times) / MAX_POINTS))
+        shown = times[step - 1::step] if step > 1 else times
         out = []
         for chart, (title, unit) in CHARTS.items():
             series = []
-            for (c, label), column in sorted(values.items()):
-                if c != chart or not any(math.isfinite(v) for v in column):
+            for (c, label), raw in sorted(values.items()):
+                column = downsample(raw, step, last=chart in IDLE_IS_EMPTY)
+                finite = [v for v in column if math.isfinite(v)]
+                if c != chart or not finite or (chart in IDLE_IS_EMPTY
+                                                and not any(finite)):
                     continue
                 series.append(Series(label, tuple(_gap(v) for v in column)))
-            out.append(Chart(chart, title, unit, "runtime", tuple(times), tuple(series)))
+            out.append(Chart(chart, title, unit, "runtime", tuple(shown), tuple(series)))
         return out
+
+
+def downsample(values: Sequence[float], step: int, *, last: bool = False) -> list[float]:
+    """Every `step` samples as one, at the time of the bucket's last sample: their mean
+    (NaNs aside; NaN when all are), or their last value for a state (`last`: a placement
+    level must stay a level). A trailing partial bucket is dropped, as the time axis does
+    (pure)."""
+    if step <= 1:
+        return list(values)
+    out = []
+    for end in range(step, len(values) + 1, step):
+        bucket = [v for v in values[end - step:end] if math.isfinite(v)]
+        if not bucket:
+            out.append(math.nan)
+        else:
+            out.append(bucket[-1] if last else sum(bucket) / len(bucket))
+    return out
 
 
 # --------------------------------------------------------------------------- Prometheus

@@ -57,7 +57,6 @@ from jsorc_live.meta_config import (
     parse_meta_config,
 )
 from jsorc_live.runtime import RuntimeRefusal, Step
-from jsorc_live.services import KINDS
 from jsorc_live.tracksys import (
     TrackSysError,
     prometheus_query,
@@ -322,10 +321,6 @@ class JaseciApi:
                "It takes effect on `service refresh meta` (POST /js_admin/service_refresh "
                "{\"name\": \"meta\"}), which restarts the controller and the kept-alive "
                "services."]
-        foreign = [n for n in doc.keep_alive if n not in KINDS]
-        if foreign:
-            out.append(f"keep_alive {', '.join(foreign)}: JSORC services jsorc does not run "
-                       f"(it keeps {', '.join(KINDS)}); they will be listed as UNKNOWN.")
         return out
 
     def _apply_pending(self) -> MetaConfig:

@@ -10,15 +10,18 @@ its /metrics, and the routes (`routes()`) of
 
 which make_app serves like its own (token, checked JSON, refusals, the admin pool).
 `Ops.start` (at the app's start-up) runs the MetaService that keeps the META_CONFIG
-`keep_alive` services alive; `Ops.close` (at shutdown) stops them. `serving` tells it the
-URL the runtime serves on, so Prometheus can scrape it, and applies `jsorc serve
---keep-alive`.
+`keep_alive` services alive (the built-ins and the META_CONFIG `services` table);
+`Ops.close` (at shutdown) stops them. `serving` tells it the URL the runtime serves on, so
+Prometheus can scrape it, applies `jsorc serve --keep-alive`, and gives the persistent
+services (PostgreSQL) a data folder beside the server's state file. `Ops.database_url()` is
+the kept-alive PostgreSQL's URL, for the runtime's state store.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -27,6 +30,8 @@ from pydantic import BaseModel
 
 from jsorc_live.api_models import Answer, Empty, ServiceName
 from jsorc_live.api_schema import Handler, Operation, Route
+from jsorc_live.children import state_path
+from jsorc_live.meta_config import definitions_of
 from jsorc_live.metrics import HttpByteCounters, HttpBytes, RuntimeMetrics, ServiceMetrics
 from jsorc_live.runtime import RuntimeRefusal
 from jsorc_live.services import MetaService, ScrapeTarget, ServiceError, State
@@ -46,10 +51,12 @@ class Ops:
                  scrape_interval_s: float = 1.0) -> None:
         self.service = service
         self.runtime_url = runtime_url
+        self.services_dir: Path | None = None  # where persistent services keep their data
 
         def new_meta() -> MetaService:
             return meta(lambda: service.settings.keep_alive, self.targets,
-                        scrape_interval_s=scrape_interval_s)
+                        defined=lambda: definitions_of(service.settings.services),
+                        scrape_interval_s=scrape_interval_s, state_dir=self.services_dir)
 
         self._new_meta = new_meta
         self.meta = new_meta()
@@ -75,6 +82,15 @@ class Ops:
 
     def start(self) -> None:
         self.meta.start()
+
+    def use_services_dir(self, folder: Path) -> None:
+        """Persistent services keep their data in `folder` (before `start`)."""
+        self.services_dir = folder
+        self.meta = self._new_meta()
+
+    def database_url(self) -> str | None:
+        """The kept-alive PostgreSQL's URL while it answers, else None."""
+        return self.meta.database_url()
 
     def close(self) -> None:
         self.tracksys.close()
@@ -162,11 +178,15 @@ class Ops:
 
 
 def serving(app: FastAPI, host: str, port: int, keep_alive: str | None = None,
-            prometheus_url: str | None = None) -> None:
+            prometheus_url: str | None = None, state_dir: str | Path | None = None) -> None:
     """`jsorc serve` is about to serve `app` on host:port: Prometheus scrapes it there,
-    `--keep-alive a,b` sets the keep_alive config, and `--prometheus-url` names a Prometheus
-    that runs beside jsorc (tracksys reads it before any kept-alive one)."""
+    `--keep-alive a,b` sets the keep_alive config, `--prometheus-url` names a Prometheus
+    that runs beside jsorc (tracksys reads it before any kept-alive one), and `state_dir`
+    (`--state-dir`) holds the persistent services' data, one folder per address like the
+    state file: `<state_dir>/<host>-<port>.services/<service>`."""
     ops: Ops = app.state.jsorc_ops
+    if state_dir is not None:
+        ops.use_services_dir(state_path(state_dir, host, port).with_suffix(".services"))
     if prometheus_url:
         ops.prometheus_url = prometheus_url.rstrip("/")
     scrape_host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host

@@ -107,8 +107,10 @@ def services_table(services: dict[str, Any]) -> str:
 
 
 def serving(app: Any, args: argparse.Namespace) -> None:
-    """`jsorc serve`: tell the app where it serves and apply --keep-alive and
-    --prometheus-url."""
+    """`jsorc serve`: tell the app where it serves and apply --keep-alive,
+    --prometheus-url and --state-dir (the persistent services' data)."""
+    from jsorc_live.children import default_state_dir
     from jsorc_live.ops import serving as ops_serving
 
-    ops_serving(app, args.host, args.port, args.keep_alive, args.prometheus_url)
+    ops_serving(app, args.host, args.port, args.keep_alive, args.prometheus_url,
+                args.state_dir or default_state_dir())

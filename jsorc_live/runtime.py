@@ -426,15 +426,29 @@ class Runtime:
         return bool(self._benchmark["active"])
 
     def track_start(self) -> None:
-        self._track = {"active": True, "cursor": self.calls.cursor}
+        self._track = {"active": True, "cursor": self.calls.cursor, "carried": []}
 
     def track_stop(self) -> list[dict[str, Any]]:
         """The call rows since `trackact start`, as dicts of the `calls` columns."""
         if not self._track["active"]:
             raise RuntimeRefusal("trackact is not running", 409)
         rows, _ = self.calls.since(self._track["cursor"])
+        carried = self._track.get("carried", [])
         self._track = {"active": False, "cursor": 0}
-        return [dict(zip(CALL_COLUMNS, row, strict=True)) for row in rows]
+        return [dict(zip(CALL_COLUMNS, row, strict=True)) for row in [*carried, *rows]]
+
+    def track_session(self) -> tuple[bool, list[tuple[Any, ...]]]:
+        """Whether trackact runs, and the call rows it holds so far (jsorc_live.store)."""
+        track = self._track
+        if not track["active"]:
+            return False, []
+        rows, _ = self.calls.since(track["cursor"])
+        return True, [*track.get("carried", []), *rows]
+
+    def track_resume(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Go on with a trackact session a previous server ran: `rows` (its calls, their
+        `ts` on that server's clock) come first in what `trackact stop` answers."""
+        self._track = {"active": True, "cursor": self.calls.cursor, "carried": list(rows)}
 
     @property
     def track_active(self) -> bool:

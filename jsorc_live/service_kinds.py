@@ -22,9 +22,9 @@ import httpx
 
 from jsorc_live.service_defs import HealthCheck, HealthKind, ServiceDefinition, expand
 
-__all__ = ["ALIASES", "NOT_PROVIDED", "POSTGRES_USER", "ScrapeTarget", "builtin_definitions",
-           "check_keep_alive", "postgres_bindir", "probe", "prometheus_command",
-           "prometheus_ready", "redis_ping", "scrape_config"]
+__all__ = ["ALIASES", "BUILTIN_NAMES", "NOT_PROVIDED", "POSTGRES_USER", "ScrapeTarget",
+           "builtin_definitions", "check_keep_alive", "postgres_bindir", "probe",
+           "prometheus_command", "prometheus_ready", "redis_ping", "scrape_config"]
 
 #: JSORC's names of the services jsorc keeps alive under another name.
 ALIASES: Mapping[str, str] = {"promon": "prometheus", "prome": "prometheus",
@@ -36,6 +36,9 @@ NOT_PROVIDED: Mapping[str, str] = {
     "elastic": "Jaseci's Elasticsearch logger", "stripe": "Jaseci's Stripe billing",
     "kube": "JSORC's Kubernetes client (jsorc's is `jsorc serve --backend kube`)",
 }
+
+#: The services jsorc provides itself (`builtin_definitions`' keys).
+BUILTIN_NAMES = ("prometheus", "redis", "postgresql")
 
 #: The role the kept-alive PostgreSQL's database URL logs in as.
 POSTGRES_USER = "jsorc"

@@ -26,248 +26,40 @@ stage (budgets, seeds, durations) for the tests.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from jsorc_sim.scenario import ScenarioError, read_toml
+from jsorc_sim import outputs
+from jsorc_sim.compare_file import (
+    CompareError,
+    Comparison,
+    LearnedSpec,
+    PolicySpec,
+    WorkloadSpec,
+    load_comparison,
+    shrink,
+)
+from jsorc_sim.scenario import ScenarioError
 from jsorc_sim.tune_space import nest
+
+if TYPE_CHECKING:
+    from jsorc_sim.compare_report import Report
+    from jsorc_sim.experiment import ExperimentResult
+
+__all__ = ["LATENCY_COST", "CompareError", "Comparison", "LearnedSpec", "PolicySpec", "Tuned",
+           "WorkloadSpec", "load_comparison", "preflight", "run_comparison", "shrink"]
 
 LATENCY_COST = ("average_latency", "95th_latency", "replica_core_s", "node_memory_gb_s",
                 "placement_changes", "oom_events")
-
-
-class CompareError(ScenarioError):
-    """A comparison file that cannot run; lists every problem found."""
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """A policy in the comparison: a fixed part and, when tuned, a search space."""
-
-    label: str
-    name: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    space: Mapping[str, Any] = field(default_factory=dict)
-    workloads: tuple[str, ...] = ()  # empty: every workload
-    kind: str = "baseline"  # "ours", "baseline", "reference" (JSORC's own, as published)
-
-    @property
-    def tuned(self) -> bool:
-        return bool(self.space)
-
-
-@dataclass(frozen=True)
-class WorkloadSpec:
-    label: str
-    scenario: str  # absolute path
-    apps: tuple[str, ...] = ()
-    set: Mapping[str, Any] = field(default_factory=dict)
-    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
-    duration_s: float | None = None
-    seeds: tuple[int, ...] = ()  # empty: the file's
-    bound: bool = True
-
-
-@dataclass(frozen=True)
-class LearnedSpec:
-    """A learned policy trained by the comparison (stable-baselines3 PPO, the `rl` extra)."""
-
-    label: str
-    policy: str  # file.py:Class taking `model` (the trained folder)
-    scenario: str
-    apps: tuple[str, ...]
-    set: Mapping[str, Any]
-    timesteps: int
-    seed: int
-    workloads: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Comparison:
-    name: str
-    path: Path
-    text: str
-    objective: str
-    seeds: tuple[int, ...]
-    tune: Mapping[str, Any]
-    bound: Mapping[str, Any]
-    policies: tuple[PolicySpec, ...]
-    workloads: tuple[WorkloadSpec, ...]
-    learned: LearnedSpec | None
-    traces_dir: Path
-
-
-# ----------------------------------------------------------------------------- loading
-
-_TOP = {"name", "objective", "seeds", "traces_dir", "tune", "bound", "baselines", "policy",
-        "workload", "learned"}
-_BOUND = {"stretches": 4, "seeds": [1], "ladder": [1, 2, 4, 8], "max_candidates": 64,
-          "shortlist": 6}
-
-
-def load_comparison(path: str | Path, traces_dir: str | Path | None = None, *,
-                    quick: bool = False) -> Comparison:
-    """Read and check a comparison file; every problem is listed in one CompareError."""
-    import os
-
-    from jsorc_sim.tune import _parse_objective
-
-    path = Path(path)
-    source = str(path)
-    text, raw = read_toml(path, CompareError)
-    here = path.resolve().parent
-    problems = [f"unknown key {k!r} (known: {', '.join(sorted(_TOP))})"
-                for k in raw if k not in _TOP]
-    name = str(raw.get("name", path.stem))
-    objective = raw.get("objective", "95th_latency + 0.05 * replica_core_s")
-    problems += _parse_objective(objective)[1]
-    seeds = tuple(raw.get("seeds", [1, 2, 3]))
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        problems.append(f"seeds must be whole numbers >= 0, got {raw.get('seeds')!r}")
-    given = traces_dir or os.environ.get("JSORC_TRACES") or raw.get("traces_dir") \
-        or "../../shared/traces"
-    traces = (here / given).resolve() if not Path(given).is_absolute() else Path(given)
-    tune = dict(raw.get("tune", {}))
-    for key in ("train", "test"):
-        if not isinstance(tune.get(key), Mapping) or "scenario" not in tune[key]:
-            problems.append(f"[tune.{key}] with a scenario is required")
-        else:
-            tune[key] = {**tune[key], "scenario": str(_resolve(here, tune[key]["scenario"]))}
-    unknown_bound = set(raw.get("bound", {})) - set(_BOUND) - {"enabled"}
-    problems += [f"[bound]: unknown key {k!r} (known: {', '.join(_BOUND)})"
-                 for k in sorted(unknown_bound)]
-    bound = {**_BOUND, **raw.get("bound", {})}
-    policies = _baselines(raw.get("baselines"), problems) + [
-        _policy(entry, i, here, problems) for i, entry in enumerate(raw.get("policy", []))]
-    labels = [p.label for p in policies]
-    problems += [f"policy label {lab!r} is used twice" for lab in sorted(set(labels))
-                 if labels.count(lab) > 1]
-    workloads = [_workload(entry, i, here, problems) for i, entry in
-                 enumerate(raw.get("workload", []))]
-    if not workloads:
-        problems.append("at least one [[workload]] is required")
-    known = {w.label for w in workloads}
-    for p in policies:
-        problems += [f"policy {p.label!r}: unknown workload {w!r}" for w in p.workloads
-                     if w not in known]
-    learned = _learned(raw.get("learned"), here, known, problems)
-    if problems:
-        raise CompareError(source, problems)
-    comparison = Comparison(name, path, text, str(objective), seeds, tune, bound,
-                            tuple(policies), tuple(workloads), learned, traces)
-    return shrink(comparison) if quick else comparison
-
-
-def _resolve(here: Path, text: str) -> Path:
-    return Path(text) if Path(text).is_absolute() else (here / text).resolve()
-
-
-def _baselines(raw: Any, problems: list[str]) -> list[PolicySpec]:
-    """Every placement composed with every scaler, each with the union of both spaces."""
-    if raw is None:
-        return []
-    placements = list(raw.get("placements", []))
-    scalers = list(raw.get("scalers", []))
-    placement_space = dict(raw.get("placement_space", {}))
-    scaler_space = dict(raw.get("scaler_space", {}))
-    problems += [f"[baselines.scaler_space]: {s!r} is not in scalers" for s in scaler_space
-                 if s not in scalers]
-    out = []
-    for placement in placements:
-        for scaler in scalers:
-            space = {f"scaler_params.{k}": v for k, v in scaler_space.get(scaler, {}).items()}
-            if placement != "all_remote":  # all_remote has no placement choice to tune
-                space.update({f"placement_params.{k}": v for k, v in placement_space.items()})
-            out.append(PolicySpec(f"{placement}+{scaler}", "compose",
-                                  {"placement": placement, "scaler": scaler}, space))
-    return out
-
-
-def _policy(entry: Mapping[str, Any], i: int, here: Path, problems: list[str]) -> PolicySpec:
-    from policies import absolute_ref
-
-    where = f"[[policy]] {i + 1}"
-    unknown = set(entry) - {"label", "name", "params", "space", "workloads", "kind"}
-    problems += [f"{where}: unknown key {k!r}" for k in sorted(unknown)]
-    if "name" not in entry:
-        problems.append(f"{where}: name is required")
-    name = absolute_ref(str(entry.get("name", "none")), here)
-    kind = str(entry.get("kind", "baseline"))
-    if kind not in ("ours", "baseline", "reference"):
-        problems.append(f"{where}: kind must be ours, baseline or reference, got {kind!r}")
-    return PolicySpec(str(entry.get("label", entry.get("name", ""))), name,
-                      dict(entry.get("params", {})), dict(entry.get("space", {})),
-                      tuple(entry.get("workloads", ())), kind)
-
-
-def _workload(entry: Mapping[str, Any], i: int, here: Path,
-              problems: list[str]) -> WorkloadSpec:
-    where = f"[[workload]] {i + 1}"
-    unknown = set(entry) - {"label", "scenario", "apps", "set", "grid", "duration_s", "seeds",
-                            "bound"}
-    problems += [f"{where}: unknown key {k!r}" for k in sorted(unknown)]
-    if "scenario" not in entry or "label" not in entry:
-        problems.append(f"{where}: label and scenario are required")
-    scenario = _resolve(here, str(entry.get("scenario", "")))
-    if "scenario" in entry and not scenario.is_file():
-        problems.append(f"{where}: scenario file {str(scenario)!r} does not exist")
-    return WorkloadSpec(str(entry.get("label", "")), str(scenario), tuple(entry.get("apps", ())),
-                        dict(entry.get("set", {})), dict(entry.get("grid", {})),
-                        entry.get("duration_s"), tuple(entry.get("seeds", ())),
-                        bool(entry.get("bound", True)))
-
-
-def _learned(raw: Any, here: Path, known: set[str], problems: list[str]) -> LearnedSpec | None:
-    if raw is None:
-        return None
-    need = {"label", "policy", "scenario", "timesteps"}
-    problems += [f"[learned]: {k} is required" for k in sorted(need - set(raw))]
-    workloads = tuple(raw.get("workloads", ()))
-    problems += [f"[learned]: unknown workload {w!r}" for w in workloads if w not in known]
-    from policies import absolute_ref
-
-    return LearnedSpec(str(raw.get("label", "ppo")), absolute_ref(str(raw.get("policy", "")), here),
-                       str(_resolve(here, str(raw.get("scenario", "")))),
-                       tuple(raw.get("apps", ())), dict(raw.get("set", {})),
-                       int(raw.get("timesteps", 0)), int(raw.get("seed", 0)), workloads)
-
-
-def shrink(c: Comparison) -> Comparison:
-    """The same comparison, tiny: for tests and a first look (`--quick`)."""
-    import dataclasses
-
-    tune = copy.deepcopy(dict(c.tune))
-    tune.update(samples=2, iterations=1, duration_s=min(float(tune.get("duration_s", 300)), 120))
-    for key in ("train", "test"):
-        tune[key]["seeds"] = tune[key].get("seeds", [1])[:1]
-        tune[key]["apps"] = tune[key].get("apps", [])[:1]
-    workloads = tuple(dataclasses.replace(
-        w, seeds=(w.seeds or c.seeds)[:1], apps=w.apps[:1],
-        grid={k: list(v)[-1:] for k, v in w.grid.items()},
-        duration_s=w.duration_s if _phased(w) else min(float(w.duration_s or 600), 300.0))
-        for w in c.workloads)
-    bound = {**c.bound, "stretches": 2, "seeds": list(c.bound["seeds"])[:1],
-             "ladder": list(c.bound["ladder"])[:2], "max_candidates": 8, "shortlist": 3}
-    learned = dataclasses.replace(c.learned, timesteps=min(c.learned.timesteps, 256)) \
-        if c.learned else None
-    return dataclasses.replace(c, seeds=c.seeds[:1], tune=tune, bound=bound,
-                               workloads=workloads, learned=learned)
-
-
-def _phased(w: WorkloadSpec) -> bool:
-    """Whether the workload's mix changes at set times (a shorter run would cut them off)."""
-    from jsorc_sim.scenario import load
-
-    return bool(load(w.scenario).workload.phases)
+KIND = "comparison"  # what the output folder's manifest says wrote its files
 
 
 # ----------------------------------------------------------------------------- tuning
@@ -309,7 +101,9 @@ def tune_all(c: Comparison, out: Path, workers: int, progress: bool) -> dict[str
         file = out / "tune" / f"{policy.label}.toml"
         text = tomli_w.dumps(tune_file(c, policy))
         summary_path = folder / "tune.json"
-        if not (summary_path.is_file() and file.is_file() and file.read_text() == text):
+        # Done only if the tune that wrote tune.json ran this very file (it records its text):
+        # a changed space, budget or cell set tunes again, an interrupted tune too.
+        if not (summary_path.is_file() and _recorded(summary_path) == text):
             file.parent.mkdir(parents=True, exist_ok=True)
             file.write_text(text)
             _say(progress, f"tune {i}/{len(tuned)}: {policy.label}")
@@ -324,6 +118,14 @@ def tune_all(c: Comparison, out: Path, workers: int, progress: bool) -> dict[str
             _objective(summary["default"], "train"), _objective(summary["best"], "train"),
             _objective(summary["default"], "test"), _objective(summary["best"], "test"))
     return found
+
+
+def _recorded(summary: Path) -> str | None:
+    try:
+        text = json.loads(summary.read_text()).get("tune_file")
+    except (OSError, ValueError):
+        return None
+    return text if isinstance(text, str) else None
 
 
 def _objective(trial: Mapping[str, Any], which: str) -> float | None:
@@ -398,10 +200,13 @@ def experiment_file(c: Comparison, w: WorkloadSpec, tuned: Mapping[str, Tuned],
 
 
 def run_workloads(c: Comparison, tuned: Mapping[str, Tuned], learned: Path | None, out: Path,
-                  workers: int, progress: bool) -> dict[str, Any]:
+                  workers: int, progress: bool, notes: list[str] | None = None
+                  ) -> dict[str, ExperimentResult]:
+    """One experiment per workload; failed cells, policy errors and the runs' warnings of each
+    go into `notes` (the report prints them)."""
     from jsorc_sim.experiment import load_experiment, run_experiment
 
-    results: dict[str, Any] = {}
+    results: dict[str, ExperimentResult] = {}
     for i, w in enumerate(c.workloads, 1):
         folder = out / w.label
         file = out / "experiments" / f"{w.label}.toml"
@@ -411,9 +216,15 @@ def run_workloads(c: Comparison, tuned: Mapping[str, Tuned], learned: Path | Non
         _say(progress, f"workload {i}/{len(c.workloads)}: {w.label}")
         started = time.perf_counter()
         results[w.label] = run_experiment(exp, folder, workers=workers, progress=progress)
-        _say(progress, f"  {w.label}: {results[w.label].ran} cells run in "
-                       f"{time.perf_counter() - started:.0f} s, {results[w.label].skipped} "
-                       "already done")
+        done = results[w.label]
+        _say(progress, f"  {w.label}: {done.ran} cells run in "
+                       f"{time.perf_counter() - started:.0f} s, {done.skipped} already done")
+        if notes is not None:
+            if done.failed:
+                notes.append(f"{w.label}: {done.failed} cells failed (see {folder}/cells; "
+                             "jsorc-sim experiment --retry-failed runs them again)")
+            notes += [f"{w.label}: {e}" for e in done.policy_errors]
+            notes += [f"{w.label}: {e}" for e in done.warnings]
     return results
 
 
@@ -453,7 +264,9 @@ def run_bounds(c: Comparison, out: Path, workers: int, progress: bool,
         todo = bound_cells(c, w)
         for j, cell in enumerate(todo, 1):
             overrides = {**_expand(dict(w.set), c.traces_dir), **cell["grid"]}
-            job = {"scenario": w.scenario, "app": cell["app"], "seed": cell["seed"],
+            job = {"scenario": w.scenario, "scenario_sha256": hashlib.sha256(
+                       Path(w.scenario).read_bytes()).hexdigest(),
+                   "app": cell["app"], "seed": cell["seed"],
                    "overrides": overrides, "duration_s": w.duration_s,
                    "objective": c.objective, **{k: c.bound[k] for k in
                                                 ("stretches", "ladder", "max_candidates",
@@ -512,21 +325,49 @@ def _point_text(point: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- command
 
 def run_comparison(c: Comparison, out: Path, *, workers: int = 2, progress: bool = True,
-                   svg: bool = False) -> Any:
-    """Every stage, in order; returns the report (jsorc_sim.compare_report.Report)."""
+                   svg: bool = False) -> Report:
+    """Every stage, in order, after `preflight`; returns the report."""
     from jsorc_sim import compare_report
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.toml").write_text(c.text)
+    outputs.check(out, compare_report.file_names(c), KIND)
+    preflight(c, out)
     started = time.perf_counter()
     tuned = tune_all(c, out, workers, progress)
     learned, note = train_learned(c, out, progress)
     notes = [note] if note else []
-    results = run_workloads(c, tuned, learned, out, workers, progress)
+    results = run_workloads(c, tuned, learned, out, workers, progress, notes)
     bounds = run_bounds(c, out, workers, progress, notes)
     report = compare_report.build(c, tuned, results, bounds, out, notes=notes, svg=svg)
     report.wall_s = time.perf_counter() - started
     return report
+
+
+def preflight(c: Comparison, out: Path) -> None:
+    """Build every tune and every experiment the file implies (defaults for tuned values) and
+    check them, so a bad policy name, parameter, app or scenario field is refused before
+    anything simulates, not hours in: one CompareError listing every problem."""
+    from jsorc_sim.experiment import ExperimentError, load_experiment
+    from jsorc_sim.tune import TuneError, tune_spec
+
+    problems: list[str] = []
+    for policy in c.policies:
+        if policy.tuned:
+            try:
+                tune_spec(tune_file(c, policy), base_dir=c.path.parent,
+                          traces_dir=c.traces_dir)
+            except (TuneError, ScenarioError) as exc:
+                problems.append(f"tuning {policy.label!r}: {exc}")
+    folder = out / "experiments"
+    for w in c.workloads:
+        file = folder / f"{w.label}.toml"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            file.write_text(tomli_w.dumps(experiment_file(c, w, {}, None)))
+            load_experiment(file, traces_dir=c.traces_dir)
+        except (ExperimentError, ScenarioError) as exc:
+            problems.append(f"workload {w.label!r}: {exc}")
+    if problems:
+        raise CompareError(str(c.path), problems)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

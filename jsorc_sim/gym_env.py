@@ -20,7 +20,8 @@ lower is better) over the step's window (`Stepper.window()`: walker latency of t
 finished in it, throughput, and the window's share of the cost integrals and counts), on the
 run's scale (`window_reward_objective`: the window's costs scaled up to a whole run's, the
 value scaled down by the window's share of the run), so an episode's rewards add up to about
-minus the run's objective and a replica costs what it costs in the tune objective. A window
+minus the run's objective and a replica costs what it costs in the tune objective; windows
+that end within warm-up cost no latency, as the run's objective counts none. A window
 in which no walker run finished has no latency; its latency metrics then count as the age of
 the oldest request still in the system at the window's end (what the next finished run will
 report at least: a stuck queue is penalised as it grows, instead of reading as no cost), or 0
@@ -130,7 +131,12 @@ class PlacementEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         stepper.apply(Decision(chosen, reason), "agent")
         stepper.advance()
         window = stepper.window()
-        reward = -window_reward_objective(self.objective, window, stepper.duration_s)
+        scored = window
+        if stepper.now <= stepper.world.scenario.warmup_s:
+            # The run's objective leaves warm-up out: its windows cost no latency (the runs
+            # that finish then are not counted, and the queue they leave is not either).
+            scored = {**window, "oldest_unfinished_ms": 0.0}
+        reward = -window_reward_objective(self.objective, scored, stepper.duration_s)
         info: dict[str, Any] = {
             **{k: None if isinstance(v, float) and math.isnan(v) else v
                for k, v in window.items()},

@@ -20,8 +20,14 @@ from tests.jsorc_live.binaries import need
 DEPLOY = REPO / "deploy"
 KUSTOMIZATION = DEPLOY / "kustomization.yaml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+GRAFANA = DEPLOY / "grafana"
+GRAFANA_DASHBOARD = GRAFANA / "jsorc-dashboard.json"
+GRAFANA_PROVISIONING = (GRAFANA / "provisioning" / "datasources.yaml",
+                        GRAFANA / "provisioning" / "dashboards.yaml")
 # YAML files under deploy/ that are not Kubernetes objects.
-NOT_OBJECTS = {KUSTOMIZATION, PROMETHEUS_CONFIG}
+NOT_OBJECTS = {KUSTOMIZATION, PROMETHEUS_CONFIG, *GRAFANA_PROVISIONING}
+# Files kustomization.yaml's configMapGenerator makes ConfigMaps of.
+GENERATED = {PROMETHEUS_CONFIG, GRAFANA_DASHBOARD, *GRAFANA_PROVISIONING}
 
 Obj = dict[str, Any]
 

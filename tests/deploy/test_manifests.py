@@ -35,6 +35,7 @@ from jsorc_live.tracksys import CADVISOR_METRICS
 from tests.conftest import REPO
 from tests.deploy.manifests import (
     DEPLOY,
+    GENERATED,
     PROMETHEUS_CONFIG,
     containers,
     find,
@@ -74,7 +75,7 @@ def test_every_manifest_file_is_in_the_kustomization() -> None:
     generated = {(DEPLOY / f).resolve() for g in kustomization().get("configMapGenerator", [])
                  for f in g.get("files", [])}
     assert listed == {p.resolve() for p in object_files()}
-    assert generated == {PROMETHEUS_CONFIG.resolve()}
+    assert generated == {p.resolve() for p in GENERATED}
     assert kustomization()["namespace"] == NAMESPACE
 
 
@@ -97,8 +98,8 @@ def test_the_kustomize_rendering_validates_strictly(version: str) -> None:
         assert (doc["metadata"].get("namespace") == NAMESPACE) is namespaced, doc["metadata"]
     assert {k.split("/")[0] for k in kinds} == {
         "Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole",
-        "ClusterRoleBinding", "ConfigMap", "Deployment", "Service"}, kinds
-    assert len(objs) == 15, kinds
+        "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "StatefulSet"}, kinds
+    assert len(objs) == 21, kinds  # 19, and PostgreSQL's StatefulSet and Service
 
 
 # --------------------------------------------------------------------------- RBAC
@@ -190,7 +191,8 @@ def test_the_meta_config_is_jsorcs_and_agrees_with_how_the_runtime_starts(
     doc = meta_config()
     assert set(doc) == {"automation", "backoff_interval", "namespace", "keep_alive",
                         "kubernetes", "max_replicas"}
-    assert set(doc) == set(Settings().as_dict())
+    # `services` (user-defined keep-alive commands) is the process backend's: left out.
+    assert set(doc) | {"services"} == set(Settings().as_dict())
     assert doc["keep_alive"] == [], "in a cluster Prometheus is a Deployment, not kept alive"
     assert doc["automation"] is True
     # The settings `jsorc serve` starts with in the pod; `config_set META_CONFIG` parses the
@@ -200,7 +202,8 @@ def test_the_meta_config_is_jsorcs_and_agrees_with_how_the_runtime_starts(
         in_cluster=args.in_cluster, config=args.kubeconfig, context=args.context,
         keep_on_shutdown=args.keep_on_shutdown))
     apply_to(settings, parse_meta_config(json.dumps(doc), settings.as_dict()))
-    assert settings.as_dict() == {**doc, "kubernetes": KubeSettings(in_cluster=True).as_dict()}
+    assert settings.as_dict() == {**doc, "kubernetes": KubeSettings(in_cluster=True).as_dict(),
+                                  "services": {}}
     assert settings.namespace == NAMESPACE
 
 
@@ -259,6 +262,32 @@ def test_the_runtime_finds_its_token_and_prometheus(
 
 
 # --------------------------------------------------------------------------- Prometheus
+
+
+def test_postgresql_is_a_statefulset_with_a_volume_per_pod_and_a_secret_password() -> None:
+    """deploy/postgresql-statefulset.yaml (validated with the rest above): the headless
+    Service names the StatefulSet's pods; the data is on the claim template's volume; the
+    password comes from a Secret, never from the manifests."""
+    objs = rendered()
+    sts = find(objs, "StatefulSet", "jsorc-postgresql")
+    svc = find(objs, "Service", "jsorc-postgresql")
+    assert svc["spec"]["clusterIP"] == "None" and sts["spec"]["serviceName"] == "jsorc-postgresql"
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert svc["spec"]["selector"].items() <= labels.items()
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert svc["spec"]["ports"][0]["targetPort"] in ports and ports["postgresql"] == 5432
+    claims = {c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert "data" in claims and mounts["data"] == "/var/lib/postgresql/data"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PGDATA"]["value"].startswith(mounts["data"] + "/")
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "jsorc-postgresql", "key": "password"}
+    assert not any(o["kind"] == "Secret" for o in objs), "the password is the operator's"
+    security = sts["spec"]["template"]["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
 
 
 def test_the_prometheus_config_keeps_what_tracksys_and_the_backend_name() -> None:

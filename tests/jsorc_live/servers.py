@@ -11,6 +11,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -106,8 +107,13 @@ def jaseci_server_cmd(module: str, port: int) -> list[str]:
 @contextlib.contextmanager
 def jsorc_serving(token: str, *extra: str, env: Mapping[str, str] | None = None,
                   timeout_s: float = READY_TIMEOUT_S) -> Iterator[str]:
-    """`jsorc serve` on a free port with `token` until the block ends; yields its URL."""
+    """`jsorc serve` on a free port with `token` until the block ends; yields its URL. Its
+    state folder is a fresh one unless `extra` names --state-dir (a reused port would
+    otherwise restore another test's state)."""
     port = free_port()
+    fresh = tempfile.TemporaryDirectory(prefix="jsorc-serve-")
+    if "--state-dir" not in extra:
+        extra = ("--state-dir", fresh.name, *extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "jsorc_live.cli", "serve", "--port", str(port), *extra],
         env={**(os.environ if env is None else env), "JSORC_TOKEN": token}, cwd=REPO,
@@ -135,3 +141,4 @@ def jsorc_serving(token: str, *extra: str, env: Mapping[str, str] | None = None,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        fresh.cleanup()

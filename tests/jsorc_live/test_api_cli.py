@@ -73,7 +73,7 @@ def test_admin_commands_through_the_cli(served: str, capsys: pytest.CaptureFixtu
     code, answer = jsorc(url, "config", "get", capsys=capsys)
     assert code == 0 and answer["config"]["automation"] is False
     assert set(answer["config"]) == {"automation", "backoff_interval", "namespace",
-                                     "keep_alive", "kubernetes", "max_replicas"}
+                                     "keep_alive", "kubernetes", "max_replicas", "services"}
     assert jsorc(url, "config", "set", "backoff_interval", "2.5", capsys=capsys)[1]["value"] == 2.5
     code, err = jsorc(url, "config", "set", "backoff_interval", "-1", capsys=capsys)
     assert code == 2 and "backoff_interval" in err and "\n" not in err

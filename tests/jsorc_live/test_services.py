@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +24,22 @@ import pytest
 from jsorc_live import cli
 from jsorc_live.api import JsorcService, make_app
 from jsorc_live.inproc import app_in_thread
+from jsorc_live.meta_config import (
+    MetaConfigError,
+    check_services,
+    definitions_of,
+    parse_meta_config,
+)
 from jsorc_live.ops import serving
 from jsorc_live.runtime import ActionInfo, Runtime
 from jsorc_live.services import (
     Backoff,
+    HealthCheck,
+    HealthKind,
     KeptService,
     MetaService,
     ScrapeTarget,
+    ServiceDefinition,
     State,
     scrape_config,
 )
@@ -208,12 +218,9 @@ def test_prometheus_reloads_its_targets_on_sighup_and_survives_kill_9(
 def test_a_service_that_never_answers_is_killed_and_backed_off(tmp_path: Path) -> None:
     """A process that runs but never answers is not READY forever: after the ready timeout
     it is killed and retried with backoff (here: `sleep`, which answers nothing)."""
-    from jsorc_live.services import ServiceKind
-
-    kind = ServiceKind("sleeper", "sleep", "coreutils", "tcp",
-                       lambda binary, host, port, data, config: [binary, "30"],
-                       lambda host, port: False)
-    service = KeptService(kind, ready_timeout_s=0.3, backoff=Backoff(initial_s=0.1))
+    definition = ServiceDefinition("sleeper", ("sleep", "30"), HealthCheck(
+        HealthKind.COMMAND, command=("false",)), Backoff(initial_s=0.1))
+    service = KeptService(definition, ready_timeout_s=0.3)
     pids: set[int] = set()
     try:
         service.start()
@@ -222,11 +229,88 @@ def test_a_service_that_never_answers_is_killed_and_backed_off(tmp_path: Path) -
         status = service.wait_for(lambda s: s["restarts"] >= 2, 5)
         assert status["restarts"] >= 2 and "did not answer within 0.3 s" in " ".join(
             e["detail"] for e in service.events)
+        assert status["last_error"] == "did not answer within 0.3 s"
         assert not alive(first["pid"])
     finally:
         service.stop()
         kill_all(pids)
     assert service.state is State.STOPPED
+
+
+def http_server(version: str, backoff: dict[str, float] | None = None) -> dict[str, Any]:
+    """A user service of META_CONFIG `services`: Python's http.server on {port}."""
+    return {"command": [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "{port}",
+                        "--directory", "{data}"],
+            "health": {"kind": "http", "path": "/"}, "config_version": version,
+            "backoff": backoff or {"initial_s": 0.3, "max_s": 2, "factor": 2}}
+
+
+def test_a_user_defined_command_is_kept_alive_through_kill_9(tmp_path: Path) -> None:
+    services = check_services({"web": http_server("1")})
+    meta = MetaService(lambda: ["web"], defined=lambda: definitions_of(services), poll_s=0.1)
+    pids: set[int] = set()
+    try:
+        meta.start()
+        web = meta.service("web")
+        first = web.wait_for(ready(), 15)
+        assert first["state"] == "READY", first
+        pids.add(first["pid"])
+        assert first["health"] == "http" and first["config_version"] == "1"
+        # Its {data} folder is served: a file put there is fetched independently.
+        (Path(first["workdir"]) / "data" / "hello.txt").write_text("kept alive\n")
+        page = f"http://127.0.0.1:{first['port']}/hello.txt"
+        assert httpx.get(page, timeout=2).text == "kept alive\n"
+        os.kill(first["pid"], signal.SIGKILL)
+        again = web.wait_for(ready(first["pid"]), 15)
+        assert again["state"] == "READY", again
+        pids.add(again["pid"])
+        assert again["restarts"] == 1 and again["port"] == first["port"]
+        assert "exited with -9" in again["last_error"]
+        assert httpx.get(page, timeout=2).text == "kept alive\n"
+        assert [e["delay_s"] for e in web.events if "delay_s" in e] == [0.3]
+    finally:
+        meta.close()
+        kill_all(pids)
+
+
+def test_a_changed_definition_restarts_that_service_only() -> None:
+    need("redis-server")
+    services = check_services({"web": http_server("1"), "web2": http_server("1")})
+    names = ["web", "web2", "redis"]
+    meta = MetaService(lambda: names, defined=lambda: definitions_of(services), poll_s=0.1)
+    pids: set[int] = set()
+    try:
+        meta.start()
+        before = {n: meta.service(n).wait_for(ready(), 15) for n in names}
+        assert all(s["state"] == "READY" for s in before.values()), before
+        pids |= {s["pid"] for s in before.values()}
+        # META_CONFIG set again, unchanged: nothing restarts.
+        services = check_services({"web": http_server("1"), "web2": http_server("1")})
+        time.sleep(0.5)  # five manager passes
+        assert {n: meta.service(n).status()["pid"] for n in names} == {
+            n: s["pid"] for n, s in before.items()}
+        # web's config_version moves: web restarts, on its port; web2 and redis do not.
+        services = check_services({"web": http_server("2"), "web2": http_server("1")})
+        web = poll(lambda: meta.service("web").status() if meta.service("web").status()
+                   ["config_version"] == "2" else None, 10, "web redefined")
+        after = meta.service("web").wait_for(ready(before["web"]["pid"]), 15)
+        assert after["state"] == "READY" and after["config_version"] == "2", web
+        pids.add(after["pid"])
+        assert not alive(before["web"]["pid"]) and after["port"] == before["web"]["port"]
+        assert any(e.get("kind") == "redefined" for e in after["events"])
+        for name in ("web2", "redis"):
+            assert meta.service(name).status()["pid"] == before[name]["pid"]
+            assert alive(before[name]["pid"])
+        # Another kind of change (the backoff) is a change too.
+        services = check_services({"web": http_server("2"),
+                                   "web2": http_server("1", {"initial_s": 1.0})})
+        poll(lambda: meta.service("web2").status()["pid"] not in (None, before["web2"]["pid"])
+             or None, 15, "web2 restarted")
+        pids.add(meta.service("web2").wait_for(ready(before["web2"]["pid"]), 15)["pid"])
+        assert meta.service("web").status()["pid"] == after["pid"]
+    finally:
+        meta.close()
+        kill_all(pids)
 
 
 # --------------------------------------------------------------------------- API and CLI
@@ -271,20 +355,26 @@ def test_a_missing_binary_is_a_visible_state_not_a_crash(
     url = bare_server
     code, answer = jsorc(url, "service", "status", capsys=capsys)
     assert code == 0 and answer["services"] == {}
-    code, answer = jsorc(url, "config", "set", "keep_alive", '["prometheus","redis","mongo"]',
+    code, err = jsorc(url, "config", "set", "keep_alive", '["prometheus","task","mail","mongo"]',
+                      capsys=capsys)
+    assert code == 2 and "HTTP 400" in err
+    assert "jsorc does not provide task (Jaseci's Celery task queue), mail (Jaseci's e-mail " \
+        "sender), mongo (not a service jsorc knows)" in err
+    assert "it keeps alive prometheus (JSORC's promon), redis, postgresql (JSORC's " \
+        "jaseci-db)" in err
+    code, answer = jsorc(url, "config", "set", "keep_alive", '["promon","redis"]',
                          capsys=capsys)
-    assert code == 0 and answer["value"] == ["prometheus", "redis", "mongo"]
+    assert code == 0 and answer["value"] == ["prometheus", "redis"]
 
     def states() -> dict[str, Any] | None:
         services = jsorc(url, "service", "status", capsys=capsys)[1]["services"]
-        return services if len(services) == 3 else None
+        return services if len(services) == 2 else None
 
-    services = poll(states, 5, "three services listed")
+    services = poll(states, 5, "two services listed")
     assert services["prometheus"]["state"] == "MISSING"
     assert "apt-get install prometheus" in services["prometheus"]["message"]
     assert services["redis"]["state"] == "MISSING"
     assert "Debian package redis-server" in services["redis"]["message"]
-    assert services["mongo"]["state"] == "UNKNOWN"
 
     code, err = jsorc(url, "service", "refresh", "prometheus", capsys=capsys)
     assert code == 2 and "HTTP 409" in err and "not installed" in err
@@ -298,3 +388,28 @@ def test_a_missing_binary_is_a_visible_state_not_a_crash(
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["service", "state", "pid"]
     assert any(line.startswith("prometheus") and "MISSING" in line for line in table)
+
+
+@pytest.mark.parametrize(("keep_alive", "refused"), [
+    (["task"], "task (Jaseci's Celery task queue)"),
+    (["promon", "mail"], "mail (Jaseci's e-mail sender)"),
+    (["redis", "mongo"], "mongo (not a service jsorc knows)"),
+    (["web", "task"], "task (Jaseci's Celery task queue)"),
+])
+def test_meta_config_refuses_services_jsorc_does_not_provide(
+        keep_alive: list[str], refused: str) -> None:
+    base = JsorcService(Runtime(load_local=lambda info: None, connect=lambda replica: None),
+                        None, load_config=lambda m, n: ActionInfo(n, "none")).settings.as_dict()
+    doc = {"keep_alive": keep_alive, "services": {"web": http_server("1")}}
+    with pytest.raises(MetaConfigError) as caught:
+        parse_meta_config(doc, base)
+    message = str(caught.value)
+    assert message.startswith("META_CONFIG refused, nothing changed: keep_alive: jsorc does "
+                              "not provide ")
+    assert refused in message and "web" not in message.split("provide")[1].split(":")[0]
+    assert "it keeps alive prometheus (JSORC's promon), redis, postgresql (JSORC's " \
+        "jaseci-db), web" in message
+    # JSORC's names that jsorc does provide are taken, in jsorc's spelling.
+    ok = parse_meta_config({"keep_alive": ["promon", "jaseci-db", "web"],
+                            "services": {"web": http_server("1")}}, base)
+    assert ok.keep_alive == ["prometheus", "postgresql", "web"]

@@ -112,7 +112,8 @@ def jsorc_serve(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "jsorc_live.cli", "serve", "--port",
-                                 str(port)], env={**os.environ, "JSORC_TOKEN": TOKEN},
+                                 str(port), "--state-dir", str(tmp_path)],
+                                env={**os.environ, "JSORC_TOKEN": TOKEN},
                                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

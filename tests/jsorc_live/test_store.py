@@ -1,0 +1,327 @@
+"""The runtime's state across restarts (jsorc_live.store): the file and PostgreSQL stores
+on their own, then real `jsorc serve` processes stopped and started again over each.
+
+The PostgreSQL is a real server on loopback (tests/jsorc_live/postgres.py). The live tests
+set the state through the `jsorc` CLI, stop the server with SIGTERM (its clean shutdown),
+start a new one on the same address and read the state back through the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from jsorc_live import cli
+from jsorc_live.backend import free_port
+from jsorc_live.runtime import CALL_COLUMNS
+from jsorc_live.store import (
+    SNAPSHOT_VERSION,
+    CorruptState,
+    FileStore,
+    PostgresStore,
+    Snapshot,
+    StateKeeper,
+    state_file,
+)
+from tests.conftest import REPO
+from tests.jsorc_live.postgres import Postgres, running_postgres
+
+TOKEN = "store-token"
+CONFIG = "jsorc_live.actions.config"
+
+
+def snapshot(**sections: Any) -> Snapshot:
+    return Snapshot(version=SNAPSHOT_VERSION, saved_at=1_700_000_000.5, **sections)
+
+
+SAMPLE = snapshot(
+    action_configs={"text_seg": {"config": CONFIG, "mode": "local", "replicas": 0,
+                                 "url": None}},
+    policy={"name": "all_remote", "ref": "all_remote", "params": {"replicas": 3}},
+    settings={"automation": False, "backoff_interval": 2.5, "max_replicas": 5},
+    trackact={"active": True, "calls": 1, "columns": list(CALL_COLUMNS),
+              "rows": [[1.0, 7, "app", "text_seg", "local", None, 0.1, 2.0, None, 2.2,
+                        True, False, None]]})
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> Iterator[str]:
+    """The server's URL, its jsorc_state table dropped before each test."""
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS jsorc_state")
+    yield postgres.url
+
+
+# --------------------------------------------------------------------------- the stores
+
+
+def test_file_store_round_trip_is_atomic(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "sub" / "s.json")
+    assert store.load() is None  # nothing saved yet
+    store.save(SAMPLE)
+    assert store.load() == SAMPLE
+    assert sorted(p.name for p in store.path.parent.iterdir()) == ["s.json"]  # no temp left
+    doc = json.loads(store.path.read_text())
+    assert doc["format"] == "jsorc-state" and doc["version"] == SNAPSHOT_VERSION
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"{\"format\": \"jsorc-state\", \"version\": 1, \"sav", "not JSON"),
+    (b"\xff\xfe garbage", "not JSON"),
+    (b"{\"hello\": \"from another program\"}", "not a jsorc state"),
+    (b"[1, 2, 3]", "not a jsorc state"),
+    (b"{\"format\": \"jsorc-state\", \"version\": 0, \"saved_at\": 1}", "version"),
+    (b"{\"format\": \"jsorc-state\", \"version\": 1, \"saved_at\": 1, \"policy\": []}",
+     "policy must be an object"),
+])
+def test_a_corrupt_or_foreign_file_is_set_aside_never_overwritten(
+        tmp_path: Path, content: bytes, words: str) -> None:
+    path = tmp_path / "s.json"
+    path.write_bytes(content)
+    with pytest.raises(CorruptState, match=words) as caught:
+        FileStore(path).load()
+    assert str(path) in str(caught.value)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("s.json.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == content
+    assert str(aside[0]) in str(caught.value) and not path.exists()
+
+
+def test_a_newer_version_is_read_as_far_as_it_goes(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    doc = json.loads(SAMPLE.to_json()) | {"version": SNAPSHOT_VERSION + 1, "future": [1]}
+    path.write_text(json.dumps(doc))
+    loaded = FileStore(path).load()
+    assert loaded is not None and loaded.version == SNAPSHOT_VERSION + 1
+    assert loaded.settings == SAMPLE.settings
+
+
+def test_postgres_store_round_trip_and_a_transaction_per_save(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        assert store.load() is None  # the table is created, empty
+        store.save(SAMPLE)
+        assert store.load() == SAMPLE
+        with psycopg.connect(pg_url) as conn:
+            before = dict(conn.execute("SELECT key, updated_at FROM jsorc_state").fetchall())
+        assert sorted(before) == ["action_configs", "meta", "policy", "settings", "trackact"]
+        changed = Snapshot(**{**SAMPLE.__dict__, "settings": {"backoff_interval": 9.0}})
+        store.save(changed)
+        with psycopg.connect(pg_url) as conn:
+            after = dict(conn.execute("SELECT key, updated_at FROM jsorc_state").fetchall())
+        # Only the changed section and meta were written; both in one transaction (now()).
+        assert after["settings"] > before["settings"] and after["meta"] == after["settings"]
+        assert after["policy"] == before["policy"]
+        assert store.load() == changed
+        assert "@127.0.0.1:" in store.describe()
+    finally:
+        store.close()
+
+
+def test_postgres_store_reconnects_when_the_server_restarts(postgres: Postgres,
+                                                            pg_url: str) -> None:
+    store = PostgresStore(pg_url, retries=20, retry_wait_s=0.25)
+    try:
+        store.save(SAMPLE)
+        postgres.restart()
+        later = Snapshot(**{**SAMPLE.__dict__, "saved_at": SAMPLE.saved_at + 1})
+        store.save(later)
+        assert PostgresStore(pg_url).load() == later
+    finally:
+        store.close()
+
+
+def test_foreign_rows_are_set_aside(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE jsorc_state (key text primary key, value jsonb, "
+                     "updated_at timestamptz)")
+        conn.execute("INSERT INTO jsorc_state VALUES ('meta', '{\"app\": \"other\"}', now())")
+    store = PostgresStore(pg_url)
+    try:
+        with pytest.raises(CorruptState, match="not a jsorc state"):
+            store.load()
+        assert store.load() is None  # fresh
+        with psycopg.connect(pg_url) as conn:
+            keys = [k for (k,) in conn.execute("SELECT key FROM jsorc_state").fetchall()]
+        assert len(keys) == 1 and keys[0].startswith("corrupt-") and keys[0].endswith(":meta")
+    finally:
+        store.close()
+
+
+def test_the_keeper_saves_only_after_a_load_and_on_change(tmp_path: Path) -> None:
+    state = {"n": 0}
+
+    def capture(rows: bool) -> Snapshot:
+        return snapshot(settings={"n": state["n"]}, trackact={"calls": 0})
+
+    restored: list[Snapshot] = []
+    store = FileStore(tmp_path / "s.json")
+    store.save(snapshot(settings={"n": 41}))
+    keeper = StateKeeper(lambda: store, capture, lambda s: restored.append(s) or [],
+                         interval_s=3600)
+    keeper.start()
+    assert [s.settings for s in restored] == [{"n": 41}]
+    assert keeper.save_if_changed() and not keeper.save_if_changed()  # first, then no change
+    state["n"] = 2
+    assert keeper.save_if_changed()
+    keeper.close()
+    loaded = store.load()
+    assert loaded is not None and loaded.settings == {"n": 2}
+    assert keeper.status()["store"] == "file" and keeper.status()["saves"] == 3
+
+
+# --------------------------------------------------------------------------- live restarts
+
+
+@contextlib.contextmanager
+def serving(port: int, *extra: str, log: Path) -> Iterator[str]:
+    """`jsorc serve` on 127.0.0.1:port until the block ends (SIGTERM: a clean shutdown)."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jsorc_live.cli", "serve", "--port", str(port),
+             "--log-level", "info", *extra],
+            env={**os.environ, "JSORC_TOKEN": TOKEN}, cwd=REPO, stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"jsorc serve exited:\n{log.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} not ready:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            assert proc.wait(timeout=30) == 0, log.read_text()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+
+
+def jsorc(url: str, *argv: str, capsys: pytest.CaptureFixture[str]) -> Any:
+    code = cli.main([*argv, "--server", url, "--token", TOKEN, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def set_state(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """What an operator sets: two actions in the module, a policy with a parameter, two
+    settings, a trackact session with the calls of one walker run."""
+    for name in ("text_seg", "use_qa"):
+        jsorc(url, "actions", "config", name, CONFIG, capsys=capsys)
+        jsorc(url, "actions", "load", name, "-mode", "module", capsys=capsys)
+    jsorc(url, "actionpolicy", "set", "all_remote", "replicas=3", capsys=capsys)
+    jsorc(url, "config", "set", "backoff_interval", "2.5", capsys=capsys)
+    jsorc(url, "config", "set", "max_replicas", "5", capsys=capsys)
+    jsorc(url, "trackact", "start", capsys=capsys)
+    report = jsorc(url, "walker", "run", "zeroshot_faq_bot", "--ctx", "{}", capsys=capsys)
+    assert report.get("success", True) is not False
+
+
+def check_restored(url: str, capsys: pytest.CaptureFixture[str], store: str) -> None:
+    status = jsorc(url, "status", capsys=capsys)
+    assert {n: a["mode"] for n, a in status["actions"].items()} == \
+        {"text_seg": "module", "use_qa": "module"}
+    assert status["config"]["backoff_interval"] == 2.5
+    assert status["config"]["max_replicas"] == 5
+    assert status["config"]["automation"] is False
+    policy = jsorc(url, "actionpolicy", "get", capsys=capsys)
+    assert policy["policy"] == "all_remote" and policy["params"]["replicas"] == 3
+    state = status["state"]
+    assert state["store"] == store and state["restored"] is not None, state
+    assert state["problems"] == [], state
+    calls = jsorc(url, "trackact", "stop", capsys=capsys)["calls"]
+    # The session went on across the restart: the walker's two calls from before it.
+    assert [c["action"] for c in calls] == ["text_seg", "use_qa"]
+
+
+def test_a_restart_restores_state_from_the_database(pg_url: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    args = ("--database", pg_url, "--state-dir", str(tmp_path))
+    with serving(port, *args, log=tmp_path / "serve.log") as url:
+        set_state(url, capsys)
+    with psycopg.connect(pg_url) as conn:
+        settings = conn.execute("SELECT value FROM jsorc_state WHERE key = 'settings'"
+                                ).fetchone()
+    assert settings is not None and settings[0]["backoff_interval"] == 2.5
+    assert not state_file(tmp_path, "127.0.0.1", port).exists()  # the database, not a file
+    # Another port: the database names no address, unlike the file.
+    with serving(free_port(), *args, log=tmp_path / "serve.log") as url:
+        check_restored(url, capsys, "postgresql")
+
+
+def test_a_restart_restores_state_from_the_local_file(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    port = free_port()
+    args = ("--state-dir", str(tmp_path))
+    with serving(port, *args, log=tmp_path / "serve.log") as url:
+        set_state(url, capsys)
+    saved = json.loads(state_file(tmp_path, "127.0.0.1", port).read_text())
+    assert saved["policy"]["params"] == {"replicas": "3"}  # as given; the policy coerces it
+    with serving(port, *args, log=tmp_path / "serve.log") as url:
+        check_restored(url, capsys, "file")
+
+
+def test_a_corrupt_file_is_set_aside_and_reported(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    path = state_file(tmp_path, "127.0.0.1", port)
+    path.write_bytes(b"{not json")
+    with serving(port, "--state-dir", str(tmp_path), log=tmp_path / "serve.log") as url:
+        state = jsorc(url, "status", capsys=capsys)["state"]
+        jsorc(url, "config", "set", "backoff_interval", "4", capsys=capsys)
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes() == b"{not json"
+    assert len(state["problems"]) == 1 and str(path) in state["problems"][0]
+    assert str(aside[0]) in state["problems"][0]
+    assert json.loads(path.read_text())["settings"]["backoff_interval"] == 4  # fresh state
+
+
+def test_an_unknown_action_and_a_newer_version_are_reported_the_rest_restored(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    doc = json.loads(SAMPLE.to_json())
+    doc["version"] = SNAPSHOT_VERSION + 1
+    doc["action_configs"]["no_such_action"] = {"config": CONFIG, "mode": "local"}
+    doc["settings"]["from_the_future"] = 1
+    state_file(tmp_path, "127.0.0.1", port).write_text(json.dumps(doc))
+    with serving(port, "--state-dir", str(tmp_path), log=tmp_path / "serve.log") as url:
+        status = jsorc(url, "status", capsys=capsys)
+        calls = jsorc(url, "trackact", "stop", capsys=capsys)["calls"]
+    problems = status["state"]["problems"]
+    assert len(problems) == 3, problems
+    assert any("newer" in p and str(SNAPSHOT_VERSION + 1) in p for p in problems)
+    assert any("no_such_action" in p for p in problems)
+    assert any("from_the_future" in p for p in problems)
+    assert status["actions"]["text_seg"]["mode"] == "module"
+    assert status["config"]["backoff_interval"] == 2.5 and status["policy"] == "all_remote"
+    row = SAMPLE.trackact["rows"][0]
+    assert len(calls) == 1 and calls[0]["request_id"] == row[1]
+    assert calls[0]["network_ms"] is None or math.isnan(calls[0]["network_ms"])
