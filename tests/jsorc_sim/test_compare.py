@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jsorc_sim.compare import CompareError, experiment_file, load_comparison
-from jsorc_sim.tune_space import nest
 from jsorc_sim.compare_report import dominated
+from jsorc_sim.tune_space import nest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOADTEST = ROOT / "experiments" / "scenarios" / "jsorc_loadtest.toml"
