@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from jsorc_live import api_models as m
 from jsorc_live.api_models import BadRequest, check_body, plain, read_json_object
 from jsorc_live.api_schema import RETRY_AFTER, Auth, Handler, Operation, Route, openapi_document
+from jsorc_live.dashboard import DATA_OPERATION
 from jsorc_live.dashboard import mount as mount_dashboard
 from jsorc_live.jaseci_api import JaseciApi, add_routes
 from jsorc_live.jaseci_login import AdminCredentials
@@ -230,6 +231,7 @@ def make_app(service: JsorcService, token: str, *,
                   method="get", answer_media="text/plain", tags=("metrics",)),
         Operation("/healthz", "liveness", m.Answer, auth=Auth.NONE, method="get",
                   tags=("metrics",)),
+        DATA_OPERATION,
     ]
     document = openapi_document([*(spec.op for spec in jsorc_routes), *jaseci_ops,
                                  *plain_ops], title="jsorc", version="1",

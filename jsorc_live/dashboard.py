@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from jsorc_live.api_models import plain
+from jsorc_live.api_schema import Auth, Operation
 from jsorc_live.dashboard_data import MAX_WINDOW_S, WINDOWS_S, Sampler, prometheus_charts
 from jsorc_live.limits import Pools
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from jsorc_live.api import JsorcService
     from jsorc_live.ops import Ops
 
-__all__ = ["COOKIE", "CSP", "Dashboard", "DashboardAccess", "mount"]
+__all__ = ["COOKIE", "CSP", "DATA_OPERATION", "Dashboard", "DashboardAccess", "mount"]
 
 COOKIE = "jsorc_dashboard"
 CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -54,6 +55,12 @@ STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css",
 #: The decisions rows the data answer carries at most (the newest in the window).
 MAX_DECISIONS = 500
 MIN_WINDOW_S = 10.0
+#: /dashboard/data in the OpenAPI document (the HTML pages and assets are not API). Its
+#: `window_s` query parameter (10..7200 s, default 300) is read by the route itself.
+DATA_OPERATION = Operation(PATH + "/data", "the dashboard's series, decisions, placements and "
+                           "services (the admin token, the viewer token or the cookie)",
+                           {"type": "object"}, auth=Auth.ADMIN, method="get",
+                           tags=("dashboard",))
 
 
 @dataclass(frozen=True)

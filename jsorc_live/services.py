@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import pwd
@@ -106,9 +107,21 @@ def _owner(user: str | None) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+STAND_IN_ROOT = Path("/var/tmp") / f"jsorc-services-{os.geteuid()}"
+
+
+def _stand_in(data_dir: Path) -> Path:
+    """Where a service keeps its data when its user cannot reach `data_dir`: the same folder
+    for the same `data_dir`, so a restarted server finds its database again."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    return STAND_IN_ROOT / f"{digest}-{data_dir.name}"
+
+
 def _reachable(path: Path, uid: int) -> str | None:
     """Why `uid` cannot reach `path` (a parent it may not traverse), or None."""
     for parent in path.resolve().parents:
+        if not parent.exists():  # made by jsorc when it prepares the folder: mode 0755
+            continue
         st = parent.stat()
         if st.st_uid != uid and not st.st_mode & stat.S_IXOTH:
             return f"{parent} is mode {stat.S_IMODE(st.st_mode):o}"
@@ -302,11 +315,19 @@ class KeptService:
                 self._data_dir.mkdir(parents=True, exist_ok=True)
                 self._workdir = self._data_dir
             else:
+                # A stable folder beside /var/tmp (which every user may traverse), named after
+                # the one it stands in for: the data survives a restart of jsorc serve too.
+                stand_in = _stand_in(self._data_dir)
                 self.events.append({"ts": time.time(), "state": self._state.value,
-                                    "detail": f"data in a temporary folder: "
-                                    f"{self.definition.user} cannot reach {self._data_dir} "
-                                    f"({why}); give jsorc serve a --state-dir it can reach"})
-                self._data_dir = None
+                                    "detail": f"data in {stand_in}: {self.definition.user} "
+                                    f"cannot reach {self._data_dir} ({why}); give jsorc "
+                                    "serve a --state-dir it can reach to keep it there"})
+                stand_in.mkdir(parents=True, exist_ok=True)
+                for folder in (stand_in, *stand_in.parents):
+                    if folder == STAND_IN_ROOT.parent:
+                        break
+                    folder.chmod(0o755)
+                self._data_dir = self._workdir = stand_in
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix=f"jsorc-{self.name}-"))
         (self._workdir / "data").mkdir(exist_ok=True)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -325,3 +326,30 @@ def test_an_unknown_action_and_a_newer_version_are_reported_the_rest_restored(
     row = SAMPLE.trackact["rows"][0]
     assert len(calls) == 1 and calls[0]["request_id"] == row[1]
     assert calls[0]["network_ms"] is None or math.isnan(calls[0]["network_ms"])
+
+
+def test_a_restart_restores_state_from_the_kept_alive_database(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No --database: with keep_alive naming postgresql, the server keeps its state in the
+    PostgreSQL it keeps alive, and a restarted server finds it there again."""
+    from jsorc_live.service_kinds import postgres_bindir
+    from jsorc_live.services import _stand_in
+
+    if postgres_bindir() is None:
+        pytest.skip("Debian's postgresql is not installed (.ci/run installs it)")
+    state_dir = tmp_path / "state"  # under pytest's tmp: a folder nobody may not reach
+    port = free_port()
+    args = ("--keep-alive", "postgresql", "--state-dir", str(state_dir))
+    with serving(port, *args, log=tmp_path / "serve.log") as url:
+        status = jsorc(url, "status", capsys=capsys)
+        assert status["state"]["store"] == "postgresql", status["state"]
+        set_state(url, capsys)
+    assert not state_file(state_dir, "127.0.0.1", port).exists()  # the database, not a file
+    data = state_dir / f"127.0.0.1-{port}.services" / "postgresql"
+    stand_in = _stand_in(data)  # pytest's tmp is 0700: the data went to a stable stand-in
+    try:
+        assert (stand_in / "data" / "PG_VERSION").is_file()
+        with serving(port, *args, log=tmp_path / "serve.log") as url:
+            check_restored(url, capsys, "postgresql")
+    finally:
+        shutil.rmtree(stand_in, ignore_errors=True)
