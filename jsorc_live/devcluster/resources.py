@@ -81,6 +81,10 @@ RESOURCES: tuple[ResourceSpec, ...] = (
                  subresources=("status", "scale"), categories=_ALL, generation=True),
     ResourceSpec("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",),
                  subresources=("status", "scale"), categories=_ALL, generation=True),
+    # Stored and served, not run: the dev cluster's kubelet runs Deployments' pods only (the
+    # database's StatefulSet in deploy/ is for real clusters; locally it is a keep-alive).
+    ResourceSpec("apps", "v1", "statefulsets", "StatefulSet", short_names=("sts",),
+                 subresources=("status", "scale"), categories=_ALL, generation=True),
     ResourceSpec("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     ResourceSpec("coordination.k8s.io", "v1", "leases", "Lease"),
     ResourceSpec("rbac.authorization.k8s.io", "v1", "roles", "Role"),
