@@ -318,10 +318,11 @@ def policy_facts(cells: dict[str, dict[str, dict[int, dict[str, float]]]]) -> st
 
 
 def render_policy_table(clients: int) -> Callable[[Run], str]:
-    """A renderer for experiments/policy_table.py: its table, fenced, then `policy_facts`
-    from the cells CSV it wrote."""
+    """A renderer for experiments/policy_table.py: its tables (mean latency, then latency
+    beside cost), fenced, then `policy_facts` from the cells CSV it wrote."""
     def render(run: Run) -> str:
-        table = fence(paragraph(run.stdout, "Mean walker latency"))
+        table = fence(paragraph(run.stdout, "Mean walker latency") + "\n\n"
+                      + span(run.stdout, "latency and cost (", "\0"))
         csv_path = run.out / f"cells_{clients}clients.csv"
         shown = f"{OUT_ROOT.as_posix()}/{run.name}/{csv_path.name}"
         facts = policy_facts(read_cells(csv_path))

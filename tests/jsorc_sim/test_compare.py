@@ -303,3 +303,32 @@ def test_the_targets_count_what_they_say(tmp_path: Path) -> None:
     gap = next(line for line in lines if "best static placement" in line)
     assert gap.startswith("FALL SHORT") and "on 1 of 2 apps" in gap and "worst 3.0 %" in gap
     assert "seed(s) 1;" in gap
+
+
+def test_bad_policies_apps_and_values_are_refused_before_anything_simulates(
+        tmp_path: Path) -> None:
+    """What only the simulator can check (policy names, apps, spaces) is checked by building
+    every tune and experiment first; types are checked as the file is read."""
+    from jsorc_sim.compare import preflight
+
+    bad = SMALL.replace('name = "evaluation"\nkind', 'name = "evaluaton"\nkind') \
+        .replace('apps = ["sentence_pairing"]\ngrid', 'apps = ["no_such_app"]\ngrid') \
+        .replace("target = [0.3, 1.0]", "targte = [0.3, 1.0]")
+    c = load_comparison(_write(tmp_path, bad))
+    out = tmp_path / "out"
+    with pytest.raises(CompareError) as err:
+        preflight(c, out)
+    text = str(err.value)
+    assert "evaluaton" in text and "no_such_app" in text and "targte" in text
+    assert not (out / "tune").exists()  # nothing tuned, nothing simulated
+    typed = SMALL.replace("seeds = [1, 2]\n[tune]", 'seeds = "12"\n[tune]') \
+        .replace('apps = ["sentence_pairing"]\ngrid', 'apps = "sentence_pairing"\ngrid') \
+        .replace('grid = { "workload.clients" = [2] }', 'grid = { "workload.clients" = 2 }') \
+        .replace("stretches = 2", 'stretches = "two"').replace("ladder = [1, 2]", 'ladder = "1,2"')
+    with pytest.raises(CompareError) as err:
+        load_comparison(_write(tmp_path, typed))
+    text = str(err.value)
+    for needle in ("seeds must be a non-empty list", "[[workload]] 1 apps must be a list",
+                   "grid 'workload.clients' must be a non-empty list",
+                   "[bound] stretches must be a whole number", "[bound] ladder must be a list"):
+        assert needle in text, (needle, text)
