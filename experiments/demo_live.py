@@ -11,9 +11,14 @@ chooses, loadtests again, prints both reports, and stops everything (the server 
 replica processes). All through the `jsorc` CLI, as a user would.
 
 Before it stops the server it opens the dashboard (`/dashboard`, signed in with a viewer
-token) in headless Chromium and writes its screenshot (`--screenshot`, default
-docs/dashboard.png); the last line printed is the dashboard's URL. Without chromium,
-chromium-driver or selenium it says so and skips the screenshot.
+token) in headless Chromium, writes its screenshot (`--screenshot`, default
+docs/dashboard.png) and prints the dashboard's URL while it is served; the last line printed
+is that URL again, said to have been served during the demo (the server has stopped by
+then). Without chromium, chromium-driver or selenium it says so and skips the screenshot.
+
+The server gets a temporary --state-dir, removed at the end: the default
+(~/.local/state/jsorc) would keep this run's state and hand it to a later server that
+happens to get the same port.
 """
 
 from __future__ import annotations
@@ -64,9 +69,10 @@ def server(token: str, *serve_args: str, stop_s: float = 20.0) -> Iterator[str]:
         port = sock.getsockname()[1]
     env = {**os.environ, "JSORC_TOKEN": token}
     fd, log = tempfile.mkstemp(prefix="jsorc-serve-", suffix=".log")
+    state = tempfile.TemporaryDirectory(prefix="jsorc-demo-state-")
     proc = subprocess.Popen([sys.executable, "-m", "jsorc_live.cli", "serve", "--port",
-                             str(port), *serve_args], env=env, stdout=fd,
-                            stderr=subprocess.STDOUT)
+                             str(port), "--state-dir", state.name, *serve_args], env=env,
+                            stdout=fd, stderr=subprocess.STDOUT)
     os.close(fd)  # the server holds its own copy
     url = f"http://127.0.0.1:{port}"
     try:
@@ -94,6 +100,7 @@ def server(token: str, *serve_args: str, stop_s: float = 20.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        state.cleanup()
         print(f"jsorc serve stopped (and what its backend started with it); log {log}",
               file=sys.stderr)
 
@@ -198,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 shown = wait_placements(url, token, actions, "")
                 print(f"  placements after the loadtest: {shown}", file=sys.stderr)
         print(f"  {dashboard_screenshot(url, viewer, args.screenshot)}", file=sys.stderr)
+        print(f"  dashboard, served now: {url}/dashboard (the admin token or the viewer "
+              f"token {viewer})", file=sys.stderr, flush=True)
 
     keys = ("throughput", "average_latency", "50th_latency", "95th_latency", "99th_latency",
             "failed")
@@ -207,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for policy, stats in reports.items():
         print(f"{policy:16s}" + "".join(f"{_fmt(stats.get(k)):>17s}" for k in keys))
     # After a blank line, so that the README's block (the table's paragraph) stays the table.
-    print(f"\ndashboard: {url}/dashboard (open it while jsorc serve runs, with the admin "
-          "token or --viewer-token)")
+    print(f"\ndashboard: {url}/dashboard (served during the demo; jsorc serve has stopped "
+          f"now, a running `jsorc serve` serves it at /dashboard; screenshot {args.screenshot})")
     return 0
 
 

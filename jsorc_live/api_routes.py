@@ -187,8 +187,7 @@ def make_app(service: JsorcService, token: str, *,
     ops = Ops.attach(app, service, registry)  # tracksys, keep-alive, process/latency metrics
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # outermost: before any reading
     authorised = token_check(token)
-    dashboard = mount_dashboard(app, service, ops, threads, token=token,
-                                viewer_token=viewer_token)
+    dashboard = mount_dashboard(app, service, ops, token=token, viewer_token=viewer_token)
 
     def route(spec: Route) -> None:
         op, model = spec.op, spec.op.request

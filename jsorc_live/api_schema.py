@@ -29,6 +29,7 @@ Handler = Callable[[dict[str, Any]], Any]  # the checked body -> the answer
 
 class Auth(Enum):
     ADMIN = "admin"  # the admin token is required
+    VIEWER = "viewer"  # the admin token or the read-only viewer token (the dashboard's data)
     OPTIONAL = "optional"  # public, but a token that is sent must be right
     NONE = "none"
 
@@ -87,6 +88,8 @@ def _statuses(op: Operation) -> list[int]:
         out |= {400, 413}
     if op.auth is Auth.ADMIN or op.auth is Auth.OPTIONAL:
         out |= {401, 403}
+    elif op.auth is Auth.VIEWER:
+        out |= {401}  # a wrong token and no token alike
     return sorted(out)
 
 
@@ -134,6 +137,8 @@ def openapi_document(operations: Iterable[Operation], *, title: str, version: st
             entry["security"] = [{"token": []}]
         elif op.auth is Auth.OPTIONAL:
             entry["security"] = [{}, {"token": []}]
+        elif op.auth is Auth.VIEWER:
+            entry["security"] = [{"token": []}, {"viewer": []}, {"dashboard_cookie": []}]
         else:
             entry["security"] = []
         paths.setdefault(op.path, {})[op.method] = entry
@@ -146,7 +151,16 @@ def openapi_document(operations: Iterable[Operation], *, title: str, version: st
             "securitySchemes": {"token": {
                 "type": "apiKey", "in": "header", "name": "Authorization",
                 "description": "`token <JSORC_TOKEN>` or `Bearer <JSORC_TOKEN>` (the "
-                               "token of `jsorc serve`; Jaseci's login answers it)"}}},
+                               "token of `jsorc serve`; Jaseci's login answers it)"},
+                "viewer": {
+                    "type": "apiKey", "in": "header", "name": "Authorization",
+                    "description": "`token <JSORC_VIEWER_TOKEN>`: the read-only token of "
+                                   "`jsorc serve --viewer-token`; it opens the dashboard "
+                                   "only, never the admin API"},
+                "dashboard_cookie": {
+                    "type": "apiKey", "in": "cookie", "name": "jsorc_dashboard",
+                    "description": "set by POST /dashboard/login (the admin or the viewer "
+                                   "token), scoped to /dashboard"}}},
     }
 
 

@@ -34,7 +34,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         if args.command == "serve":
+            args.given = given_flags(argv, STATE_FLAGS)
             return serve(args)
         if args.command == "loadtest":
             return loadtest.run(args, post)
@@ -507,6 +508,24 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# `jsorc serve` flags that choose a setting (or the policy) the state store may also keep.
+STATE_FLAGS = {"policy": "policy", "max_replicas": "max_replicas", "keep_alive": "keep_alive"}
+
+
+def given_flags(argv: Sequence[str] | None, dests: Mapping[str, str]) -> frozenset[str]:
+    """The names (`dests`' values) of the serve flags given on this command line, not left
+    at their default: the same parse with those defaults suppressed (abbreviations and
+    `--flag=value` count as given, as argparse reads them)."""
+    parser = build_parser()
+    for action in parser._actions:  # the subcommands' parsers
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_action in action.choices["serve"]._actions:
+                if sub_action.dest in dests:
+                    sub_action.default = argparse.SUPPRESS
+    parsed = vars(parser.parse_args(list(argv) if argv is not None else None))
+    return frozenset(name for dest, name in dests.items() if dest in parsed)
+
+
 def keep_state(service: Any, app: Any, args: argparse.Namespace) -> None:
     """The store that keeps `service`'s state across restarts (jsorc_live.store): restored
     at the app's start, before it serves, and saved after each change."""
@@ -523,8 +542,11 @@ def keep_state(service: Any, app: Any, args: argparse.Namespace) -> None:
         return url if isinstance(url, str) else None
 
     path = state_file(args.state_dir or default_state_dir(), args.host, args.port)
+    # A flag given now wins over the saved state unless the API changed that value before
+    # the restart (jsorc_live.store: StartValues); the keeper reads the values now.
     service.state = StateKeeper.for_service(service, serve_store(
-        args.database, path, keeps_database=keeps_database, kept_url=kept_url))
+        args.database, path, keeps_database=keeps_database, kept_url=kept_url),
+        explicit=getattr(args, "given", frozenset()))
 
 
 def devcluster(args: argparse.Namespace) -> int:

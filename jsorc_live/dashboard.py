@@ -14,6 +14,12 @@ the admin API), scoped to the path /dashboard, HttpOnly and SameSite=Strict. Scr
 tools may send `Authorization: token T` to /dashboard/data instead. Every comparison is
 constant-time. A wrong token is a 401 page; a bad window is a 400 answer naming it.
 
+/dashboard/data runs on a pool of its own (DATA_THREADS, no queue: a 503 "busy, try again"
+when full), never on the admin pool, so viewers polling while Prometheus hangs cannot hold
+the threads the admin API answers on; each window's answer is kept for CACHE_S (the page
+polls every 2 s, so many open pages cost about one answer), and the Prometheus queries of one
+answer share one deadline (PROMETHEUS_DEADLINE_S).
+
 Every page is plain HTML with no inline script or style, under `Content-Security-Policy:
 default-src 'self'`: the page works without internet, since its script (static/dashboard.js)
 and uPlot (static/uPlot.iife.min.js, MIT, version in static/VENDORED) come from the package.
@@ -26,25 +32,28 @@ import hmac
 import html
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from jsorc_live.api_models import plain
-from jsorc_live.api_schema import Auth, Operation
+from jsorc_live.api_schema import RETRY_AFTER, Auth, Operation
 from jsorc_live.dashboard_data import MAX_WINDOW_S, WINDOWS_S, Sampler, prometheus_charts
-from jsorc_live.limits import Pools
 
 if TYPE_CHECKING:
     from jsorc_live.api import JsorcService
     from jsorc_live.ops import Ops
 
-__all__ = ["COOKIE", "CSP", "DATA_OPERATION", "Dashboard", "DashboardAccess", "mount"]
+__all__ = ["CACHE_S", "COOKIE", "CSP", "DATA_OPERATION", "DATA_THREADS", "PROMETHEUS_DEADLINE_S",
+           "Dashboard", "DashboardAccess", "DataPool", "mount"]
 
 COOKIE = "jsorc_dashboard"
 CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -55,12 +64,19 @@ STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css",
 #: The decisions rows the data answer carries at most (the newest in the window).
 MAX_DECISIONS = 500
 MIN_WINDOW_S = 10.0
+#: Threads that compute /dashboard/data (its own pool, not the admin API's); no queue.
+DATA_THREADS = 2
+#: Seconds an answer is reused for the same window.
+CACHE_S = 2.0
+#: Seconds all the Prometheus range queries of one answer may take together.
+PROMETHEUS_DEADLINE_S = 3.0
 #: /dashboard/data in the OpenAPI document (the HTML pages and assets are not API). Its
-#: `window_s` query parameter (10..7200 s, default 300) is read by the route itself.
+#: `window_s` query parameter (10..7200 s, default 300) is read by the route itself. The
+#: viewer token opens it as well as the admin token (Auth.VIEWER).
 DATA_OPERATION = Operation(PATH + "/data", "the dashboard's series, decisions, placements and "
                            "services (the admin token, the viewer token or the cookie)",
-                           {"type": "object"}, auth=Auth.ADMIN, method="get",
-                           tags=("dashboard",))
+                           {"type": "object"}, refusals=(400, 503), auth=Auth.VIEWER,
+                           method="get", headers={503: RETRY_AFTER}, tags=("dashboard",))
 
 
 @dataclass(frozen=True)
@@ -222,7 +238,8 @@ class Dashboard:
         if url:
             prometheus["url"] = url
             try:
-                charts += [c.as_dict() for c in prometheus_charts(url, wall - window_s, wall)]
+                charts += [c.as_dict() for c in prometheus_charts(
+                    url, wall - window_s, wall, deadline_s=PROMETHEUS_DEADLINE_S)]
             except Exception as exc:  # httpx, JSON or Prometheus' own refusal alike
                 prometheus["error"] = f"{type(exc).__name__}: {exc}"
         else:
@@ -246,12 +263,46 @@ class Dashboard:
         return answer
 
 
-def mount(app: FastAPI, service: JsorcService, ops: Ops, pools: Pools, *, token: str,
+class DataPool:
+    """The data answers: `threads` at a time and no queue (None when full), each window's
+    answer reused for `cache_s`. Touched from the event loop only: no lock."""
+
+    def __init__(self, compute: Callable[[float], dict[str, Any]], *,
+                 threads: int = DATA_THREADS, cache_s: float = CACHE_S) -> None:
+        self.compute = compute
+        self.cache_s = cache_s
+        self._limiter = CapacityLimiter(threads)
+        self._threads = threads
+        self._running = 0
+        self._cache: dict[float, tuple[float, dict[str, Any]]] = {}
+
+    async def answer(self, window_s: float) -> dict[str, Any] | None:
+        now = time.monotonic()
+        hit = self._cache.get(window_s)
+        if hit is not None and now - hit[0] < self.cache_s:
+            return hit[1]
+        if self._running >= self._threads:
+            return None
+        self._running += 1
+        try:
+            answer = await anyio.to_thread.run_sync(self.compute, window_s,
+                                                    limiter=self._limiter)
+        finally:
+            self._running -= 1
+        now = time.monotonic()
+        # Any window in range may be asked for: only the fresh entries are kept.
+        self._cache = {w: e for w, e in self._cache.items() if now - e[0] < self.cache_s}
+        self._cache[window_s] = (now, answer)
+        return answer
+
+
+def mount(app: FastAPI, service: JsorcService, ops: Ops, *, token: str,
           viewer_token: str | None = None) -> Dashboard:
     """Add the /dashboard routes to `app`; the Dashboard (its `start`/`close` go in the
     app's lifespan). `token` is the admin token, `viewer_token` the read-only one."""
     access = DashboardAccess(token, viewer_token)
     dashboard = Dashboard(service, ops)
+    pool = DataPool(dashboard.data)
     files = resources.files("jsorc_live") / "static"
     static = {name: (files / name).read_bytes() for name in STATIC}
 
@@ -292,8 +343,12 @@ def mount(app: FastAPI, service: JsorcService, ops: Ops, pools: Pools, *, token:
         except ValueError as exc:
             return JSONResponse({"success": False, "message": str(exc)}, status_code=400,
                                 headers=_headers())
-        # Prometheus may take a while to answer: off the event loop, on the admin pool.
-        answer = await pools.admin(lambda: dashboard.data(window_s))
+        answer = await pool.answer(window_s)
+        if answer is None:
+            return JSONResponse({"success": False, "message": f"the dashboard is busy (all "
+                                 f"{DATA_THREADS} of its threads answer other viewers): try "
+                                 "again in a second"}, status_code=503,
+                                headers={**_headers(), "Retry-After": "1"})
         return JSONResponse(answer, headers=_headers())
 
     async def asset(request: Request) -> Response:

@@ -308,16 +308,25 @@ PROMETHEUS_QUERIES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 
 
 def prometheus_charts(url: str, start: float, end: float, *, points: int = 240,
-                      timeout_s: float = 3.0,
+                      deadline_s: float = 3.0,
                       get: Callable[..., httpx.Response] = httpx.get) -> list[Chart]:
     """The PROMETHEUS_QUERIES over [start, end] from Prometheus at `url` (/api/v1/query_range,
-    about `points` steps of at least 1 s). A query Prometheus refuses or cannot answer raises
-    httpx.HTTPError or ValueError (the caller reports it in the JSON)."""
+    about `points` steps of at least 1 s), all of them within `deadline_s` together (a
+    Prometheus that hangs costs one deadline, not one per query). A query Prometheus refuses
+    or cannot answer raises httpx.HTTPError or ValueError, the deadline TimeoutError (the
+    caller reports either in the JSON)."""
+    if not math.isfinite(deadline_s) or deadline_s <= 0:
+        raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s!r}")
     step = max(1.0, math.ceil((end - start) / points))
     rate = f"{int(max(10.0, 4 * step))}s"  # a rate needs at least two scrapes in its window
     charts = []
+    deadline = time.monotonic() + deadline_s
     for chart, (title, unit, template, keys) in PROMETHEUS_QUERIES.items():
-        answer = get(f"{url}/api/v1/query_range", timeout=timeout_s,
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"Prometheus at {url} did not answer the dashboard's queries "
+                               f"within {deadline_s:g} s (stopped before {chart})")
+        answer = get(f"{url}/api/v1/query_range", timeout=left,
                      params={"query": template.format(rate=rate), "start": f"{start:.3f}",
                              "end": f"{end:.3f}", "step": f"{step:g}"})
         answer.raise_for_status()

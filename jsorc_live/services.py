@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import dataclasses
 import hashlib
+import io
 import logging
 import os
 import pwd
@@ -107,7 +108,11 @@ def _owner(user: str | None) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-STAND_IN_ROOT = Path("/var/tmp") / f"jsorc-services-{os.geteuid()}"
+#: Where root keeps a service's data when the user it runs as cannot reach the state folder.
+#: Only root makes it (the stand-in exists only when jsorc runs as root and switches user),
+#: and every level is checked to be root's own, never a folder (or a symlink) a local user
+#: planted in a place anyone may write to, as /var/tmp is.
+STAND_IN_ROOT = Path("/var/lib/jsorc/services")
 
 
 def _stand_in(data_dir: Path) -> Path:
@@ -115,6 +120,48 @@ def _stand_in(data_dir: Path) -> Path:
     for the same `data_dir`, so a restarted server finds its database again."""
     digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
     return STAND_IN_ROOT / f"{digest}-{data_dir.name}"
+
+
+def _safe_folder(path: Path, may_own: int | None = None) -> None:
+    """Make `path` (mode 0755) unless it is there, then check that it is a real folder (not a
+    symlink), owned by root (or by `may_own`: the service user the last level is given to)
+    and not writable by group or others. OSError naming the level otherwise."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{path} is not a real folder (a symlink or a file): refusing it; "
+                      "remove it and start again")
+    if st.st_uid not in (0, may_own):
+        raise OSError(f"{path} is owned by uid {st.st_uid}, not root: refusing it")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise OSError(f"{path} is writable by group or others (mode "
+                      f"{stat.S_IMODE(st.st_mode):o}): refusing it")
+
+
+def _stand_in_folder(data_dir: Path, uid: int) -> Path:
+    """`_stand_in(data_dir)` made level by level from / and checked (`_safe_folder`); the
+    last level is then the service user's. OSError when any level is not as it should be."""
+    folder = _stand_in(data_dir)
+    levels = [*reversed(folder.parents), folder]
+    for level in levels[1:-1]:
+        _safe_folder(level)
+    _safe_folder(folder, may_own=uid)
+    return folder
+
+
+def _new_file(path: Path, text: str) -> None:
+    """Create `path` with `text`, mode 0600: never through a symlink, never over a file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _open_log(path: Path) -> io.BufferedWriter:
+    """The service's log for appending, never through a symlink (the folder is the service
+    user's: root must not append to a file that user points it at)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "ab")
 
 
 def _reachable(path: Path, uid: int) -> str | None:
@@ -225,8 +272,12 @@ class KeptService:
         """The password the service's `init` set (`{password_file}`), None before."""
         with self._cond:
             path = self._workdir / "password" if self._workdir else None
+        if path is None:
+            return None
         try:
-            return path.read_text().strip() if path else None
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd) as f:
+                return f.read().strip()
         except OSError:
             return None
 
@@ -315,29 +366,34 @@ class KeptService:
                 self._data_dir.mkdir(parents=True, exist_ok=True)
                 self._workdir = self._data_dir
             else:
-                # A stable folder beside /var/tmp (which every user may traverse), named after
-                # the one it stands in for: the data survives a restart of jsorc serve too.
-                stand_in = _stand_in(self._data_dir)
+                # A stable folder of root's, named after the one it stands in for: the data
+                # survives a restart of jsorc serve too.
+                assert self._owner is not None
+                stand_in = _stand_in_folder(self._data_dir, self._owner[0])
                 self.events.append({"ts": time.time(), "state": self._state.value,
                                     "detail": f"data in {stand_in}: {self.definition.user} "
                                     f"cannot reach {self._data_dir} ({why}); give jsorc "
                                     "serve a --state-dir it can reach to keep it there"})
-                stand_in.mkdir(parents=True, exist_ok=True)
-                for folder in (stand_in, *stand_in.parents):
-                    if folder == STAND_IN_ROOT.parent:
-                        break
-                    folder.chmod(0o755)
                 self._data_dir = self._workdir = stand_in
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix=f"jsorc-{self.name}-"))
-        (self._workdir / "data").mkdir(exist_ok=True)
+        data = self._workdir / "data"
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(data, 0o700)
+        if not stat.S_ISDIR(os.lstat(data).st_mode):
+            raise OSError(f"{data} is not a real folder (a symlink or a file): refusing it")
         password = self._workdir / "password"
-        if not password.exists():
-            password.touch(0o600)
-            password.write_text(secrets.token_urlsafe(24) + "\n")
+        with contextlib.suppress(FileExistsError):
+            _new_file(password, secrets.token_urlsafe(24) + "\n")
+        if not stat.S_ISREG(os.lstat(password).st_mode):
+            raise OSError(f"{password} is not a plain file (a symlink?): refusing it")
         if self._owner is not None:
-            for path in (self._workdir, self._workdir / "data", password):
-                os.chown(path, *self._owner)
+            # The folder itself is a checked stand-in, a fresh temporary one or the state
+            # folder the operator named (which may be a link of theirs); what is inside it
+            # the service user could swap for a link, so those are never followed.
+            os.chown(self._workdir, *self._owner)
+            for path in (data, password):
+                os.chown(path, *self._owner, follow_symlinks=False)
 
     def refresh(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Restart now (no backoff) and wait until the new process answers."""
@@ -459,7 +515,7 @@ class KeptService:
         if not self.definition.init or any((self._workdir / "data").iterdir()):
             return None
         self._set(State.STARTING, "init: " + " ".join(self.definition.init[:1]))
-        with (self._workdir / "service.log").open("ab") as logfile:
+        with _open_log(self._workdir / "service.log") as logfile:
             try:
                 code = subprocess.run(self._argv(self.definition.init), stdout=logfile,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -482,7 +538,7 @@ class KeptService:
             port = self._port or free_port(self.host)
             self._port = port
             self._write_config()
-            logfile = (self._workdir / "service.log").open("ab")
+            logfile = _open_log(self._workdir / "service.log")
             self._log_from = logfile.tell()  # this run's lines start here
             try:
                 popen = self.children.spawn(
@@ -560,10 +616,12 @@ class KeptService:
         path = self._workdir / "config.yml"
         if self._config is not None:
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(self._config)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()  # a leftover (or a planted link): unlinked, never followed
+            _new_file(tmp, self._config)
             os.replace(tmp, path)
-        elif not path.exists():
-            path.write_text("{}\n")
+        elif not os.path.lexists(path):
+            _new_file(path, "{}\n")
         return path
 
     def _terminate(self, popen: subprocess.Popen[bytes]) -> None:
@@ -580,7 +638,8 @@ class KeptService:
         if self._workdir is None:
             return ""
         try:
-            with (self._workdir / "service.log").open("rb") as f:
+            fd = os.open(self._workdir / "service.log", os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
                 f.seek(self._log_from)
                 text = f.read().decode(errors="replace")
         except OSError:

@@ -16,6 +16,18 @@ a jsorc state (corrupt JSON, another program's) is never overwritten: it is move
 app serves), then saves within `interval_s` of any change (a thread compares snapshots; the
 call rows of a running trackact session are rewritten at most every `rows_every_s`), and
 `close` saves a last time. `capture` and `restore_into` map a service to and from a snapshot.
+Only the start restores: a store that answers later (a kept-alive PostgreSQL slower than the
+start's wait) has its snapshot reported in `problems`, not restored over what the operator
+did meanwhile, and kept until the live state first changes (then the live state is saved).
+
+Start-up flags and the snapshot (`StartValues`, `Changes`): a snapshot keeps only what was
+changed through the API, the settings that differ from the values the server started with and
+the policy when it differs from the start-up one (plus what a restore brought back, while it
+keeps that value, so a flag that happened to give the same value does not erase it). On a
+restart a start-up flag (`--policy`, `--max-replicas`, `--keep-alive`) therefore wins for
+everything the snapshot did not change; where a flag given now differs from a value changed
+through the API before the restart, the API's value wins and the conflict is listed in
+`state.problems` (`jsorc config set` / `actionpolicy set` changes it, and then it is saved).
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,9 +57,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SNAPSHOT_VERSION", "CorruptState", "FileStore", "PostgresStore", "Snapshot",
-           "StateKeeper", "StateStore", "StoreError", "capture", "restore_into", "serve_store",
-           "state_file"]
+__all__ = ["SNAPSHOT_VERSION", "Changes", "CorruptState", "FileStore", "PostgresStore",
+           "Snapshot", "StartValues", "StateKeeper", "StateStore", "StoreError", "capture",
+           "restore_into", "serve_store", "state_file"]
 
 FORMAT = "jsorc-state"
 SNAPSHOT_VERSION = 1
@@ -158,8 +170,12 @@ class FileStore:
             raise StoreError(f"cannot read {self.path}: {exc}") from None
         try:
             return Snapshot.from_document(json.loads(raw), str(self.path))
-        except (ValueError, CorruptState) as exc:  # UnicodeError and JSON errors included
+        # UnicodeError and JSON errors are ValueErrors; `[[[[...` deeper than Python's
+        # recursion limit is a RecursionError, and no state is nested that deep.
+        except (ValueError, RecursionError, CorruptState) as exc:
             why = str(exc) if isinstance(exc, CorruptState) else \
+                f"{self.path} is nested too deeply to be a jsorc state" \
+                if isinstance(exc, RecursionError) else \
                 f"{self.path} is not JSON ({type(exc).__name__}: {exc})"
             aside = self.path.with_name(f"{self.path.name}.corrupt-{_stamp(self._clock())}")
             try:
@@ -273,14 +289,21 @@ class PostgresStore:
         self._conn = None
 
     def load(self) -> Snapshot | None:
-        rows = self._run("cannot read", lambda conn: conn.execute(
-            "SELECT key, value FROM jsorc_state WHERE key NOT LIKE 'corrupt-%'").fetchall())
+        source = f"table jsorc_state of {self.describe()}"
+        deep = False
+        try:
+            rows = self._run("cannot read", lambda conn: conn.execute(
+                "SELECT key, value FROM jsorc_state WHERE key NOT LIKE 'corrupt-%'").fetchall())
+        except RecursionError:  # a jsonb value nested deeper than psycopg's json.loads goes
+            rows, deep = [], True
         doc = {str(k): v for k, v in rows}
-        if not doc:
+        if not doc and not deep:
             return None
         meta = doc.get("meta")
-        source = f"table jsorc_state of {self.describe()}"
         try:
+            if deep:
+                raise CorruptState(f"{source} holds a value nested too deeply to be a jsorc "
+                                   "state")
             if not isinstance(meta, dict):
                 raise CorruptState(f"{source} has no jsorc meta row (keys: "
                                    f"{', '.join(sorted(doc)[:6])})")
@@ -303,9 +326,11 @@ class PostgresStore:
 
         texts = {key: json.dumps(value, allow_nan=False, sort_keys=True)
                  for key, value in snapshot.sections().items()}
-        changed = {k: t for k, t in texts.items() if self._written.get(k) != t}
 
         def write(conn: psycopg.Connection[Any]) -> None:
+            # Here, not before `_run`: a reconnect inside it empties `_written`, and then
+            # every section is written again (the server may have lost its rows).
+            changed = [k for k, t in texts.items() if self._written.get(k) != t]
             with conn.cursor() as cur:
                 for key in changed:
                     cur.execute(UPSERT, (key, Jsonb(getattr(snapshot, key))))
@@ -322,9 +347,61 @@ class PostgresStore:
 # --------------------------------------------------------------------------- the service
 
 
-def capture(service: JsorcService, *, rows: bool = True) -> Snapshot:
+@dataclass(frozen=True)
+class StartValues:
+    """What a server started with, before any restore: its settings (as JSON values), its
+    policy (name, resolved reference, parameters as given) and which of them a start-up flag
+    given now chose (`explicit`: setting names, and "policy")."""
+
+    settings: dict[str, Any]
+    policy: dict[str, Any]
+    explicit: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, service: JsorcService, explicit: Collection[str] = ()) -> StartValues:
+        return cls(settings=plain(service.settings.as_dict()), policy=_policy_of(service),
+                   explicit=frozenset(explicit))
+
+
+def _policy_of(service: JsorcService) -> dict[str, Any]:
+    ref, params = service.policy_choice()
+    return dict(plain({"name": service.policy_name, "ref": ref, "params": params}))
+
+
+def _same_policy(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    # The name as given and its parameters: the reference of a file policy is its path here.
+    return (a.get("name"), a.get("params") or {}) == (b.get("name"), b.get("params") or {})
+
+
+class Changes:
+    """Which settings and which policy a snapshot keeps: those changed through the API.
+
+    A value counts as changed while it differs from the start-up one, or while it is the
+    value a restore brought back (an API change from before the restart: a flag that happens
+    to give the same value must not erase it from the next snapshot)."""
+
+    def __init__(self, start: StartValues) -> None:
+        self.start = start
+        self.restored_settings: dict[str, Any] = {}
+        self.restored_policy: dict[str, Any] | None = None
+
+    def settings(self, now: dict[str, Any]) -> dict[str, Any]:
+        start, back = self.start.settings, self.restored_settings
+        return {name: value for name, value in now.items()
+                if name not in start or value != start[name]
+                or (name in back and back[name] == value)}
+
+    def policy(self, now: dict[str, Any]) -> dict[str, Any]:
+        back = self.restored_policy
+        changed = not _same_policy(now, self.start.policy)
+        return now if changed or (back is not None and _same_policy(now, back)) else {}
+
+
+def capture(service: JsorcService, *, rows: bool = True,
+            changes: Changes | None = None) -> Snapshot:
     """The service's state now (pure reading). Without `rows`, the trackact section says
-    how many calls the session holds but not the calls (a cheap comparison)."""
+    how many calls the session holds but not the calls (a cheap comparison). With `changes`,
+    only the settings and policy changed through the API (else all of them)."""
     configs: dict[str, dict[str, Any]] = {}
     for name, module in sorted(service.action_configs.items()):
         router = service.runtime.routers.get(name)
@@ -335,29 +412,48 @@ def capture(service: JsorcService, *, rows: bool = True) -> Snapshot:
         configs[name] = {"config": module, "mode": desired.mode.value,
                          "replicas": desired.replicas,
                          "url": remote.get("url") if remote.get("attached") else None}
-    policy_ref, params = service.policy_choice()
+    settings, policy = plain(service.settings.as_dict()), _policy_of(service)
+    if changes is not None:
+        settings, policy = changes.settings(settings), changes.policy(policy)
     active, calls = service.runtime.track_session()
     track: dict[str, Any] = {"active": active, "calls": len(calls)}
     if rows:
         track["columns"] = list(CALL_COLUMNS)
         track["rows"] = plain(calls[-TRACK_ROWS_KEPT:])
+        track["dropped"] = max(0, len(calls) - TRACK_ROWS_KEPT)
     return Snapshot(version=SNAPSHOT_VERSION, saved_at=time.time(), action_configs=configs,
-                    policy=plain({"name": service.policy_name, "ref": policy_ref,
-                                  "params": params}),
-                    settings=plain(service.settings.as_dict()), trackact=track)
+                    policy=policy, settings=settings, trackact=track)
 
 
-def restore_into(service: JsorcService, snapshot: Snapshot) -> list[str]:
-    """Apply `snapshot` to a service that has just started; what could not be restored, one
-    line each (the rest is restored). Order matters: placements before automation (a placing
-    policy refuses manual loads), the policy before automation turns it on."""
+def restore_into(service: JsorcService, snapshot: Snapshot,
+                 changes: Changes | None = None) -> list[str]:
+    """Apply `snapshot` to a service that has just started; what the operator should know,
+    one line each: what could not be restored (the rest is), and each value changed through
+    the API before the restart that won over a different start-up flag given now (`changes`
+    says which flags were given, and learns what was restored). Order matters: placements
+    before automation (a placing policy refuses manual loads), the policy before automation
+    turns it on."""
     problems: list[str] = []
+    start = changes.start if changes is not None else None
 
-    def attempt(what: str, step: Callable[[], object]) -> None:
+    def attempt(what: str, step: Callable[[], object]) -> bool:
         try:
             step()
         except (RuntimeRefusal, ValueError, TypeError, KeyError) as exc:
-            problems.append(f"{what}: {exc}")
+            problems.append(f"not restored: {what}: {exc}")
+            return False
+        return True
+
+    def setting(name: str, value: Any) -> None:
+        if not attempt(f"setting {name}", functools.partial(service.config_set, name, value)):
+            return
+        now = plain(service.settings.as_dict()[name])
+        if changes is not None:
+            changes.restored_settings[name] = now
+        if start is not None and name in start.explicit and now != start.settings.get(name):
+            problems.append(f"setting {name}: the start-up flag gave {start.settings.get(name)!r}"
+                            f", but {now!r} was set through the API before the restart and is "
+                            f"kept (`jsorc config set {name}` changes it)")
 
     if snapshot.version > SNAPSHOT_VERSION:
         problems.append(f"snapshot version {snapshot.version} is newer than this jsorc's "
@@ -365,22 +461,29 @@ def restore_into(service: JsorcService, snapshot: Snapshot) -> list[str]:
     settings, known = snapshot.settings, service.settings.as_dict()
     for name, value in settings.items():
         if name not in known:
-            problems.append(f"setting {name!r}: unknown to this jsorc, ignored")
+            problems.append(f"not restored: setting {name!r}: unknown to this jsorc, ignored")
         elif name in START_SETTINGS:
-            if value != known[name]:
-                problems.append(f"setting {name}: chosen at start ({known[name]!r}), the "
-                                f"saved {value!r} is not restored")
+            if value != plain(known[name]):
+                problems.append(f"not restored: setting {name}: chosen at start "
+                                f"({known[name]!r}), the saved {value!r} is not restored")
         elif name != "automation":
-            attempt(f"setting {name}", functools.partial(service.config_set, name, value))
+            setting(name, value)
     for name, entry in snapshot.action_configs.items():
         attempt(f"action {name}", functools.partial(_restore_action, service, name, entry))
     policy = snapshot.policy
-    if policy.get("name"):
-        attempt(f"policy {policy.get('name')}", lambda: service.actionpolicy_set(
-            policy["name"], dict(policy.get("params") or {})))
+    if policy.get("name") and attempt(f"policy {policy.get('name')}", lambda: (
+            service.actionpolicy_set(policy["name"], dict(policy.get("params") or {})))):
+        now = _policy_of(service)
+        if changes is not None:
+            changes.restored_policy = now
+        if start is not None and "policy" in start.explicit \
+                and not _same_policy(now, start.policy):
+            problems.append(f"policy: the start-up flag gave {start.policy.get('name')}, but "
+                            f"{now['name']} {now.get('params') or {}} was set through the API "
+                            "before the restart and is kept (`jsorc actionpolicy set` changes "
+                            "it)")
     if "automation" in settings:
-        attempt("setting automation", lambda: service.config_set("automation",
-                                                                 settings["automation"]))
+        setting("automation", settings["automation"])
     track = snapshot.trackact
     if track.get("active"):
         attempt("trackact session", lambda: service.runtime.track_resume(
@@ -424,7 +527,13 @@ class StateKeeper:
 
     `open_store` gives the store, or None while it is not there yet (a kept-alive
     PostgreSQL still starting); until a load succeeds nothing is saved, so a state that
-    could not be read is never overwritten by a fresh one."""
+    could not be read is never overwritten by a fresh one. Only `start` restores: a load
+    that succeeds later reports the snapshot it found and leaves it in the store until the
+    live state differs from the one the server started with.
+
+    Two locks: `_io` makes loads and saves one at a time and is held through the store's
+    I/O (a database's retries take seconds); `_lock` guards only the fields `status` reads,
+    so `jsorc status` never waits on the database."""
 
     def __init__(self, open_store: Callable[[], StateStore | None],
                  capture: Callable[[bool], Snapshot], restore: Callable[[Snapshot], list[str]],
@@ -438,68 +547,102 @@ class StateKeeper:
         self._clock = clock
         self.store: StateStore | None = None
         self._loaded = False
+        self._started = False
         self._last: dict[str, Any] | None = None  # the light sections last saved
         self._last_full = 0.0
+        # The light state of a start that loaded nothing, and after a late load the state
+        # in which nothing is saved (so the store's snapshot is not replaced by a fresh one).
+        self._fresh: dict[str, Any] | None = None
+        self._hold: dict[str, Any] | None = None
         self.last_saved: float | None = None
         self.last_error: str | None = None
         self.saves = 0
+        self.rows_dropped = 0  # trackact calls beyond TRACK_ROWS_KEPT, not in the last save
         self.restored: dict[str, Any] | None = None
         self.problems: list[str] = []
+        self._io = threading.Lock()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
     def for_service(cls, service: JsorcService, open_store: Callable[[], StateStore | None],
-                    **options: Any) -> StateKeeper:
-        return cls(open_store, lambda rows: capture(service, rows=rows),
-                   lambda snap: restore_into(service, snap), **options)
+                    *, explicit: Collection[str] = (), **options: Any) -> StateKeeper:
+        """The keeper of `service`, whose values now are its start-up ones; `explicit`
+        names the settings (and "policy") that a start-up flag given now chose."""
+        changes = Changes(StartValues.of(service, explicit))
+        return cls(open_store, lambda rows: capture(service, rows=rows, changes=changes),
+                   lambda snap: restore_into(service, snap, changes), **options)
 
     def start(self, wait_s: float = 30.0) -> None:
         """Load and restore now (before the app serves), waiting up to `wait_s` for a store
         that is not there yet; then save in a thread (which also retries a failed load)."""
         deadline = self._clock() + wait_s
-        with self._lock:
-            self._load()
+        with self._io:
+            self._load(restore=True)
             while self.store is None and self._clock() < deadline:
                 time.sleep(0.2)
-                self._load()
+                self._load(restore=True)
+            if not self._loaded:
+                self._fresh = self._light()
+            self._started = True
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="state-keeper",
                                             daemon=True)
             self._thread.start()
 
-    def _load(self) -> None:
-        if self.store is None:
+    def _light(self) -> dict[str, Any]:
+        sections = self._capture(False).sections()
+        calls = sections["trackact"].pop("calls", 0)
+        return {"sections": sections, "calls": calls}
+
+    def _load(self, *, restore: bool) -> None:
+        store = self.store
+        if store is None:
             try:
-                self.store = self._open_store()
+                store = self._open_store()
             except StoreError as exc:
-                self.last_error = str(exc)
+                with self._lock:
+                    self.last_error = str(exc)
                 return
-            if self.store is None:
+            if store is None:
                 return
+            with self._lock:
+                self.store = store
         try:
-            snapshot = self.store.load()
+            snapshot = store.load()
         except CorruptState as exc:
             self._report(str(exc))
             snapshot = None
         except StoreError as exc:
-            self.last_error = str(exc)
+            with self._lock:
+                self.last_error = str(exc)
             log.error("state not loaded (retrying; nothing is saved until it loads): %s", exc)
             return
-        self._loaded, self.last_error = True, None
-        if snapshot is not None:
-            problems = self._restore(snapshot)
-            for problem in problems:
-                self._report(f"not restored: {problem}")
-            self.restored = {"saved_at": _iso(snapshot.saved_at), "version": snapshot.version,
+        self._loaded = True
+        with self._lock:
+            self.last_error = None
+        if snapshot is None:
+            return
+        saved = _iso(snapshot.saved_at)
+        if not restore:
+            self._hold = self._fresh if self._fresh is not None else self._light()
+            kept = ("it stays there until the state here first changes" if self._light()
+                    == self._hold else "the live state, changed since the start, replaces it")
+            self._report(f"{store.describe()} answered only after the start: its state "
+                         f"(saved {saved}) was not restored over the live one; {kept}")
+            return
+        for problem in self._restore(snapshot):
+            self._report(problem)
+        with self._lock:
+            self.restored = {"saved_at": saved, "version": snapshot.version,
                              "actions": sorted(snapshot.action_configs)}
-            log.warning("state restored from %s (saved %s)", self.store.describe(),
-                        self.restored["saved_at"])
+        log.warning("state restored from %s (saved %s)", store.describe(), saved)
 
     def _report(self, problem: str) -> None:
         log.error("state: %s", problem)
-        self.problems.append(problem)
+        with self._lock:
+            self.problems.append(problem)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -510,32 +653,41 @@ class StateKeeper:
 
     def save_if_changed(self, force: bool = False) -> bool:
         """Save when the state changed (the trackact rows at most every rows_every_s) or
-        when `force`; whether it saved."""
-        with self._lock:
+        when `force`; whether it saved. After a late load nothing is saved, even forced,
+        until the state differs from the one the server started with."""
+        with self._io:
             if not self._loaded:
-                self._load()
+                self._load(restore=not self._started)
                 if not self._loaded:
                     return False
-            assert self.store is not None
-            light = self._capture(False).sections()
-            calls = light["trackact"].pop("calls", 0)
+            store = self.store
+            assert store is not None
+            now = self._light()
+            if self._hold is not None:
+                if now == self._hold:
+                    return False
+                self._hold, force = None, True
             last = self._last or {}
-            rows_due = calls != last.get("calls") and \
+            rows_due = now["calls"] != last.get("calls") and \
                 self._clock() - self._last_full >= self.rows_every_s
-            if not force and self._last is not None and light == last.get("sections") \
+            if not force and self._last is not None and now["sections"] == last.get("sections") \
                     and not rows_due:
                 return False
             snapshot = self._capture(True)
             try:
-                self.store.save(replace(snapshot, saved_at=self._clock()))
+                store.save(replace(snapshot, saved_at=self._clock()))
             except StoreError as exc:
-                if exc.args[0] != self.last_error:
-                    log.error("state not saved: %s", exc)
-                self.last_error = str(exc)
+                with self._lock:
+                    if exc.args[0] != self.last_error:
+                        log.error("state not saved: %s", exc)
+                    self.last_error = str(exc)
                 return False
-            self._last = {"sections": light, "calls": calls}
-            self._last_full = self.last_saved = self._clock()
-            self.last_error, self.saves = None, self.saves + 1
+            self._last, self._last_full = now, self._clock()
+            dropped = snapshot.trackact.get("dropped")
+            with self._lock:
+                self.last_saved = self._last_full
+                self.last_error, self.saves = None, self.saves + 1
+                self.rows_dropped = dropped if isinstance(dropped, int) else 0
             return True
 
     def close(self) -> None:
@@ -552,14 +704,21 @@ class StateKeeper:
                 self.store.close()
 
     def status(self) -> dict[str, Any]:
-        """For `jsorc status`: which store, when it last saved, what a restore reported."""
+        """For `jsorc status`: which store, when it last saved, what a restore reported,
+        and how many trackact calls the last save left out. Never waits on the store."""
         with self._lock:
-            store = self.store
+            store, last_saved, saves = self.store, self.last_saved, self.saves
+            error, restored, problems = self.last_error, self.restored, list(self.problems)
+            dropped = self.rows_dropped
+        if dropped:
+            problems.append(f"trackact: the session holds more calls than a restart keeps; "
+                            f"the oldest {dropped} are not saved (the newest "
+                            f"{TRACK_ROWS_KEPT} are)")
         return {"store": store.kind if store else None,
                 "where": store.describe() if store else "not open yet",
-                "last_saved": _iso(self.last_saved) if self.last_saved else None,
-                "saves": self.saves, "last_error": self.last_error,
-                "restored": self.restored, "problems": list(self.problems)}
+                "last_saved": _iso(last_saved) if last_saved else None,
+                "saves": saves, "last_error": error, "restored": restored,
+                "problems": problems, "trackact_rows_dropped": dropped}
 
 
 def _iso(ts: float) -> str:

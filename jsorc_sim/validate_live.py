@@ -6,8 +6,9 @@ system the way a user does, from outside: `python -m jsorc_live.cli serve` on a 
 the `jsorc` CLI's own calls) to configure the example actions, place them or set a policy,
 then `python -m jsorc_live.cli loadtest ... --out DIR` as a subprocess, which writes the
 folder `jsorc-sim calibrate` reads (report.json, calls.parquet, requests.parquet, run.json).
-Each run gets a server of its own, stopped with SIGTERM after it (the server stops its
-replica processes), so no run inherits another's warm copies, replicas or decision log.
+Each run gets a server of its own, with a temporary --state-dir, stopped with SIGTERM after
+it (the server stops its replica processes), so no run inherits another's warm copies,
+replicas, decision log or saved state.
 
 The example actions are numpy "models" scaled down to fit this machine
 (`JSORC_ACTION_SCALE`, passed through from the environment; default 1/50).
@@ -123,8 +124,12 @@ def serve(env: Mapping[str, str] | None = None, *, stop_s: float = 20.0) -> Iter
     child_env = {**os.environ, **(env or {}), "JSORC_TOKEN": token}
     fd, log_name = tempfile.mkstemp(prefix="jsorc-validate-serve-", suffix=".log")
     log = Path(log_name)
+    # A state folder of its own: the default (~/.local/state/jsorc) would hand one run's
+    # configs and policy to a later server that happens to get the same port.
+    state = tempfile.TemporaryDirectory(prefix="jsorc-validate-state-")
     proc = subprocess.Popen([sys.executable, "-m", "jsorc_live.cli", "serve", "--port",
-                             str(port)], env=child_env, stdout=fd, stderr=subprocess.STDOUT)
+                             str(port), "--state-dir", state.name], env=child_env, stdout=fd,
+                            stderr=subprocess.STDOUT)
     os.close(fd)  # the server holds its own copy
     server = Server(f"http://127.0.0.1:{port}", token, log)
     try:
@@ -138,6 +143,7 @@ def serve(env: Mapping[str, str] | None = None, *, stop_s: float = 20.0) -> Iter
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        state.cleanup()
 
 
 def _wait_up(proc: subprocess.Popen[bytes], server: Server, timeout_s: float = 60.0) -> None:

@@ -290,6 +290,37 @@ def test_postgresql_is_a_statefulset_with_a_volume_per_pod_and_a_secret_password
     assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
 
 
+def test_the_runtime_keeps_its_state_in_the_statefulsets_database(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """deployment.yaml's JSORC_DATABASE_URL names the StatefulSet's first pod through its
+    headless Service, as the user and database the image creates (POSTGRES_USER, _DB), with
+    the password of the same Secret; Kubernetes expands $(PGPASSWORD), defined before it."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    objs = rendered()
+    (runtime,) = containers(pod_template(objs, "jsorc"))
+    names = [e["name"] for e in runtime["env"]]
+    env = {e["name"]: e for e in runtime["env"]}
+    sts = find(objs, "StatefulSet", "jsorc-postgresql")
+    (db,) = sts["spec"]["template"]["spec"]["containers"]
+    db_env = {e["name"]: e for e in db["env"]}
+    assert env["PGPASSWORD"]["valueFrom"] == db_env["POSTGRES_PASSWORD"]["valueFrom"]
+    assert names.index("PGPASSWORD") < names.index("JSORC_DATABASE_URL")
+    # What the pod sees once Kubernetes has expanded it (a hex password, as the README's):
+    url = env["JSORC_DATABASE_URL"]["value"].replace("$(PGPASSWORD)", "0a1b2c")
+    assert "$(" not in url
+    parts = conninfo_to_dict(url)
+    svc = find(objs, "Service", "jsorc-postgresql")
+    assert parts == {"user": db_env["POSTGRES_USER"]["value"], "password": "0a1b2c",
+                     "host": f"{sts['metadata']['name']}-0.{svc['metadata']['name']}",
+                     "port": str(svc["spec"]["ports"][0]["port"]),
+                     "dbname": db_env["POSTGRES_DB"]["value"]}
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    # `jsorc serve` in the pod reads it: --database defaults to $JSORC_DATABASE_URL.
+    monkeypatch.setenv("JSORC_DATABASE_URL", url)
+    assert serve_args(objs, monkeypatch).database == url
+
+
 def test_the_prometheus_config_keeps_what_tracksys_and_the_backend_name() -> None:
     from jsorc_live.kube.manifests import ACTION_LABEL, MANAGED_BY, MANAGER
 
@@ -417,6 +448,11 @@ def test_the_readme_recipe_builds_loads_and_applies_what_the_manifests_name() ->
     secret = re.search(r"^kubectl create secret generic (\S+) -n (\S+) --from-literal=(\w+)=",
                        recipe, re.M)
     assert secret and secret.groups() == ("jsorc-token", NAMESPACE, "token"), recipe
+    # The database's Secret before the manifests that read it.
+    pg = re.search(r"^kubectl create secret generic jsorc-postgresql -n (\S+) "
+                   r"--from-literal=password=\"\$\(openssl rand -hex", recipe, re.M)
+    assert pg and pg[1] == NAMESPACE, recipe
+    assert pg.start() < recipe.index("\nkubectl apply -k deploy/\n")
     # META_CONFIG from its ConfigMap, sent the Jaseci way.
     assert "kubectl get configmap jsorc-meta-config -n jsorc -o jsonpath='{.data.meta_config" \
         "\\.json}'" in recipe

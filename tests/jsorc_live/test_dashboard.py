@@ -354,3 +354,69 @@ def test_prometheus_series_when_prometheus_is_kept_alive() -> None:
         assert prom_mb == pytest.approx(psutil_mb, rel=0.3)
         latency = {s["label"] for s in by_id["prom_call_latency"]["series"]}
         assert {"bi_enc local", "tfm_ner local"} <= latency
+
+
+def test_the_openapi_document_says_the_viewer_token_opens_the_data(served: str) -> None:
+    doc = httpx.get(f"{served}/openapi.json", timeout=30).json()
+    data = doc["paths"]["/dashboard/data"]["get"]
+    schemes = {name for option in data["security"] for name in option}
+    assert schemes == {"token", "viewer", "dashboard_cookie"}  # any one of them opens it
+    viewer = doc["components"]["securitySchemes"]["viewer"]
+    assert viewer["in"] == "header" and "dashboard only" in viewer["description"]
+    assert {"400", "401", "503"} <= set(data["responses"])
+    assert "Retry-After" in data["responses"]["503"]["headers"]
+
+
+@pytest.fixture()
+def silent_prometheus() -> Iterator[str]:
+    """A TCP listener that takes connections (the kernel completes them) and never answers:
+    a Prometheus that hangs."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_viewers_polling_a_hung_prometheus_do_not_slow_the_admin_api(
+        silent_prometheus: str) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jsorc_live.dashboard import DATA_THREADS, PROMETHEUS_DEADLINE_S
+
+    viewer = {"Authorization": f"token {VIEWER}"}
+    admin = {"Authorization": f"token {TOKEN}"}
+    with jsorc_serving(TOKEN, "--viewer-token", VIEWER, "--prometheus-url",
+                       silent_prometheus) as url:
+        def status_s() -> float:
+            began = time.monotonic()
+            answer = httpx.post(f"{url}/jsorc/status", headers=admin, json={}, timeout=30)
+            assert answer.status_code == 200, answer.text
+            return time.monotonic() - began
+
+        idle = min(status_s() for _ in range(3))
+
+        def poll_data(i: int) -> tuple[int, float, httpx.Response]:
+            began = time.monotonic()  # windows differ: no answer comes from the cache
+            answer = httpx.get(f"{url}/dashboard/data?window_s={300 + i}", headers=viewer,
+                               timeout=60)
+            return answer.status_code, time.monotonic() - began, answer
+
+        with ThreadPoolExecutor(20) as viewers:
+            polls = [viewers.submit(poll_data, i) for i in range(20)]
+            time.sleep(0.5)  # the polls are in (or refused) by now
+            busy = [status_s() for _ in range(3)]
+            answers = [p.result() for p in polls]
+    assert max(busy) < 1.0, (idle, busy)  # idle is ~0.01-0.05 s here
+    served_ = [(s, a) for code, s, a in answers if code == 200]
+    refused = [a for code, _, a in answers if code == 503]
+    assert len(served_) + len(refused) == 20
+    assert 1 <= len(served_) <= DATA_THREADS + 2  # the two threads, and maybe a late poll
+    assert all(a.headers["retry-after"] == "1" and "busy" in a.json()["message"]
+               for a in refused)
+    for took, answer in served_:  # one deadline for all of Prometheus' queries
+        assert took < PROMETHEUS_DEADLINE_S + 2.0, took
+        error = answer.json()["prometheus"]["error"]
+        assert error and "Timeout" in error, error

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -333,7 +334,7 @@ def test_a_restart_restores_state_from_the_kept_alive_database(
     """No --database: with keep_alive naming postgresql, the server keeps its state in the
     PostgreSQL it keeps alive, and a restarted server finds it there again."""
     from jsorc_live.service_kinds import postgres_bindir
-    from jsorc_live.services import _stand_in
+    from jsorc_live.services import STAND_IN_ROOT, _stand_in
 
     if postgres_bindir() is None:
         pytest.skip("Debian's postgresql is not installed (.ci/run installs it)")
@@ -348,8 +349,236 @@ def test_a_restart_restores_state_from_the_kept_alive_database(
     data = state_dir / f"127.0.0.1-{port}.services" / "postgresql"
     stand_in = _stand_in(data)  # pytest's tmp is 0700: the data went to a stable stand-in
     try:
+        # root's own place, never a folder under /var/tmp a local user could plant
+        assert stand_in.parent == STAND_IN_ROOT == Path("/var/lib/jsorc/services")
+        assert not stand_in.is_symlink() and os.lstat(STAND_IN_ROOT).st_uid == 0
         assert (stand_in / "data" / "PG_VERSION").is_file()
         with serving(port, *args, log=tmp_path / "serve.log") as url:
             check_restored(url, capsys, "postgresql")
     finally:
-        shutil.rmtree(stand_in, ignore_errors=True)
+        shutil.rmtree(stand_in, ignore_errors=True)  # its own folder; the parent stays
+    assert not stand_in.exists()
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_a_deeply_nested_file_is_corrupt_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_bytes(b"[" * 200_000)
+    with pytest.raises(CorruptState, match="nested too deeply"):
+        FileStore(path).load()
+    assert not path.exists() and len(list(tmp_path.glob("s.json.corrupt-*"))) == 1
+
+
+def test_deeply_nested_rows_are_set_aside(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        assert store.load() is None  # creates the table
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # deeper than json.loads goes
+            conn.execute("INSERT INTO jsorc_state (key, value) VALUES ('settings', %s::jsonb)",
+                         ("[" * 5000 + "]" * 5000,))
+        with pytest.raises(CorruptState, match="nested too deeply"):
+            store.load()
+        assert store.load() is None
+    finally:
+        store.close()
+
+
+def test_postgres_store_writes_every_section_again_after_a_reconnect(pg_url: str) -> None:
+    store = PostgresStore(pg_url, retries=5, retry_wait_s=0.1)
+    try:
+        store.save(SAMPLE)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM jsorc_state")  # as a server that lost its data would
+            killed = conn.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchone()
+        assert killed is not None and killed[0] >= 1  # the store's connection was cut
+        changed = Snapshot(**{**SAMPLE.__dict__, "settings": {"backoff_interval": 9.0}})
+        store.save(changed)  # only settings differ from what this store wrote before
+        with psycopg.connect(pg_url) as conn:
+            keys = sorted(k for (k,) in conn.execute("SELECT key FROM jsorc_state"))
+        assert keys == ["action_configs", "meta", "policy", "settings", "trackact"]
+        assert PostgresStore(pg_url).load() == changed
+    finally:
+        store.close()
+
+
+class HeldFileStore(FileStore):
+    """A file store whose saves wait until `release` is set (a database that is slow to
+    answer), to see what the keeper does meanwhile."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.saving, self.release = threading.Event(), threading.Event()
+
+    def save(self, snapshot: Snapshot) -> None:
+        self.saving.set()
+        assert self.release.wait(30)
+        super().save(snapshot)
+
+
+def test_status_answers_while_a_save_waits_on_the_store(tmp_path: Path) -> None:
+    store = HeldFileStore(tmp_path / "s.json")
+    keeper = StateKeeper(lambda: store, lambda rows: snapshot(trackact={"calls": 0}),
+                         lambda s: [], interval_s=3600)
+    keeper.start()
+    saver = threading.Thread(target=keeper.save_if_changed)
+    saver.start()
+    try:
+        assert store.saving.wait(10)
+        began = time.monotonic()
+        status = keeper.status()
+        took = time.monotonic() - began
+        assert took < 0.5 and status["store"] == "file" and status["saves"] == 0
+    finally:
+        store.release.set()
+        saver.join(30)
+    assert keeper.status()["saves"] == 1
+    keeper.close()
+
+
+def late_store(tmp_path: Path) -> tuple[FileStore, Path]:
+    """A file store that cannot be read at start (its path is a folder): the state file
+    appears only later, holding an older server's snapshot."""
+    path = tmp_path / "s.json"
+    path.mkdir()
+    return FileStore(path), path
+
+
+def test_a_late_load_restores_nothing_and_keeps_the_old_snapshot_until_a_change(
+        tmp_path: Path) -> None:
+    store, path = late_store(tmp_path)
+    live = {"n": 0}
+    restored: list[Snapshot] = []
+    keeper = StateKeeper(lambda: store,
+                         lambda rows: snapshot(settings=dict(live), trackact={"calls": 0}),
+                         lambda s: restored.append(s) or [], interval_s=3600)
+    keeper.start()
+    assert keeper.status()["last_error"] and "cannot read" in keeper.status()["last_error"]
+    live["n"] = 7  # the operator works on the fresh state ...
+    path.rmdir()
+    old = snapshot(settings={"n": 41})
+    FileStore(path).save(old)  # ... and then the store answers with an older snapshot
+    live["n"] = 0  # back to the start state: nothing changed since the start
+    assert not keeper.save_if_changed(force=True)
+    assert restored == []  # never restored over the live state
+    problems = keeper.status()["problems"]
+    assert len(problems) == 1 and "not restored" in problems[0] and str(path) in problems[0]
+    keeper.close()  # the last save is held too
+    assert store.load() == old
+    assert keeper.status()["saves"] == 0
+
+
+def test_after_a_late_load_the_first_change_is_saved(tmp_path: Path) -> None:
+    store, path = late_store(tmp_path)
+    live = {"n": 0}
+    keeper = StateKeeper(lambda: store,
+                         lambda rows: snapshot(settings=dict(live), trackact={"calls": 0}),
+                         lambda s: [], interval_s=3600)
+    keeper.start()
+    path.rmdir()
+    FileStore(path).save(snapshot(settings={"n": 41}))
+    assert not keeper.save_if_changed()
+    live["n"] = 3
+    assert keeper.save_if_changed()
+    loaded = store.load()
+    assert loaded is not None and loaded.settings == {"n": 3}
+    keeper.close()
+
+
+@pytest.fixture
+def service() -> Iterator[Any]:
+    from jsorc_live.api import build_service
+
+    made: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        svc, _ = build_service(TOKEN, **options)
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.close()
+
+
+def test_start_up_flags_win_unless_the_api_changed_the_value(
+        tmp_path: Path, service: Any) -> None:
+    store = FileStore(tmp_path / "s.json")
+    first = service()
+    keeper = StateKeeper.for_service(first, lambda: store)
+    keeper.start()
+    first.config_set("max_replicas", 5)
+    assert keeper.save_if_changed()
+    keeper.close()
+    saved = store.load()
+    assert saved is not None
+    assert saved.settings == {"max_replicas": 5}  # what the API changed, no defaults
+    assert saved.policy == {}  # never set through the API
+
+    # Started again with flags: --policy all_remote --max-replicas 4 --keep-alive redis.
+    second = service(policy="all_remote", max_replicas=4)
+    second.settings.set("keep_alive", "redis")
+    keeper = StateKeeper.for_service(second, lambda: store,
+                                     explicit={"policy", "max_replicas", "keep_alive"})
+    keeper.start()
+    assert second.policy_name == "all_remote" and second.settings.keep_alive == ("redis",)
+    assert second.settings.max_replicas == 5  # the API's value wins the conflict ...
+    problems = keeper.status()["problems"]
+    assert len(problems) == 1, problems  # ... and the operator is told
+    assert "max_replicas" in problems[0] and "4" in problems[0] and "5" in problems[0]
+    assert keeper.save_if_changed(force=True)
+    keeper.close()
+    saved = store.load()
+    assert saved is not None and saved.settings == {"max_replicas": 5} and saved.policy == {}
+
+    # A flag equal to the API's value, then a restart without it: the API's value stays.
+    third = service(max_replicas=5)
+    keeper = StateKeeper.for_service(third, lambda: store, explicit={"max_replicas"})
+    keeper.start()
+    keeper.close()
+    saved = store.load()
+    assert saved is not None and saved.settings == {"max_replicas": 5}
+    assert keeper.status()["problems"] == []
+
+
+def test_the_dropped_trackact_rows_are_reported(tmp_path: Path, service: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from jsorc_live import store as store_module
+
+    monkeypatch.setattr(store_module, "TRACK_ROWS_KEPT", 2)
+    svc = service()
+    store = FileStore(tmp_path / "s.json")
+    keeper = StateKeeper.for_service(svc, lambda: store)
+    keeper.start()
+    row = [1.0, 7, "app", "text_seg", "local", None, 0.1, 2.0, None, 2.2, True, False, None]
+    svc.runtime.track_resume([tuple([i, *row[1:]]) for i in range(5)])
+    assert keeper.save_if_changed()
+    saved = store.load()
+    assert saved is not None and [r[0] for r in saved.trackact["rows"]] == [3, 4]
+    status = keeper.status()
+    assert status["trackact_rows_dropped"] == 3
+    assert any("3" in p and "trackact" in p for p in status["problems"]), status["problems"]
+    keeper.close()
+
+
+def test_flags_given_at_start_meet_the_saved_state(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The reviewer's case end to end: a restart on the same address with flags."""
+    port = free_port()
+    args = ("--state-dir", str(tmp_path))
+    with serving(port, *args, log=tmp_path / "serve.log") as url:
+        jsorc(url, "config", "set", "backoff_interval", "2.5", capsys=capsys)
+    with serving(port, *args, "--policy", "all_remote", "--max-replicas", "4",
+                 log=tmp_path / "serve.log") as url:
+        status = jsorc(url, "status", capsys=capsys)
+        jsorc(url, "config", "set", "max_replicas", "6", capsys=capsys)
+    assert status["policy"] == "all_remote" and status["config"]["max_replicas"] == 4
+    assert status["config"]["backoff_interval"] == 2.5 and status["state"]["problems"] == []
+    with serving(port, *args, "--max-replicas", "3", log=tmp_path / "serve.log") as url:
+        status = jsorc(url, "status", capsys=capsys)
+    assert status["config"]["max_replicas"] == 6 and status["policy"] == "default"
+    problems = status["state"]["problems"]
+    assert len(problems) == 1 and "max_replicas" in problems[0], problems
