@@ -252,65 +252,81 @@ def _expand(value: Any, traces: Path) -> Any:
 
 
 def run_bounds(c: Comparison, out: Path, workers: int, progress: bool,
-               notes: list[str]) -> list[dict[str, Any]]:
+               notes: list[str], budget_s: float | None = None) -> list[dict[str, Any]]:
     """The clairvoyant bound and best static of every workload cell (cached per cell); a
-    cell whose bound cannot be computed is added to `notes`."""
+    cell whose bound cannot be computed is added to `notes`. Cells go cheapest first (fewer
+    clients before more, then the file's order), and with `budget_s` no new bound starts
+    after that many seconds of this stage: the cells left are named in `notes` and computed
+    by the next run (the stage is resumable)."""
     from jsorc_sim import clairvoyant  # type: ignore[attr-defined,unused-ignore]
 
-    rows: list[dict[str, Any]] = []
-    for w in c.workloads:
+    jobs = []
+    for order, w in enumerate(c.workloads):
         if not w.bound or not c.bound.get("enabled", True):
             continue
-        todo = bound_cells(c, w)
-        for j, cell in enumerate(todo, 1):
-            overrides = {**_expand(dict(w.set), c.traces_dir), **cell["grid"]}
-            job = {"scenario": w.scenario, "scenario_sha256": hashlib.sha256(
-                       Path(w.scenario).read_bytes()).hexdigest(),
-                   "app": cell["app"], "seed": cell["seed"],
-                   "overrides": overrides, "duration_s": w.duration_s,
-                   "objective": c.objective, **{k: c.bound[k] for k in
-                                                ("stretches", "ladder", "max_candidates",
-                                                 "shortlist")}}
-            key = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()
-                                 ).hexdigest()[:16]
-            path = out / w.label / "bound" / f"{key}.json"
-            failed = path.with_suffix(".failed")
-            if failed.is_file():  # recorded, not retried: delete the file to try again
-                notes.append(failed.read_text().strip())
+        for cell in bound_cells(c, w):
+            load = sum(float(v) for k, v in cell["grid"].items() if k.endswith("clients")
+                       and isinstance(v, int | float))
+            jobs.append((load, order, w, cell))
+    jobs.sort(key=lambda job: (job[0], job[1]))
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    left: list[str] = []
+    for j, (_load, _order, w, cell) in enumerate(jobs, 1):
+        overrides = {**_expand(dict(w.set), c.traces_dir), **cell["grid"]}
+        job = {"scenario": w.scenario, "scenario_sha256": hashlib.sha256(
+                   Path(w.scenario).read_bytes()).hexdigest(),
+               "app": cell["app"], "seed": cell["seed"],
+               "overrides": overrides, "duration_s": w.duration_s,
+               "objective": c.objective, **{k: c.bound[k] for k in
+                                            ("stretches", "ladder", "max_candidates",
+                                             "shortlist")}}
+        key = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()
+                             ).hexdigest()[:16]
+        path = out / w.label / "bound" / f"{key}.json"
+        failed = path.with_suffix(".failed")
+        where = f"{w.label} {cell['app']} {_point_text(cell['grid'])} seed {cell['seed']}"
+        if failed.is_file():  # recorded, not retried: delete the file to try again
+            notes.append(failed.read_text().strip())
+            continue
+        if not path.is_file():
+            if budget_s is not None and time.monotonic() - started > budget_s:
+                left.append(where)
                 continue
-            if not path.is_file():
-                _say(progress, f"bound {w.label} {j}/{len(todo)}: {cell['app']} "
-                               f"{_point_text(cell['grid'])} seed {cell['seed']}")
-                try:
-                    found = clairvoyant.piecewise_static(
-                        w.scenario, seed=cell["seed"],
-                        app=None if cell["app"] == "all" else cell["app"],
-                        overrides=overrides, duration_s=w.duration_s,
-                        stretches=int(c.bound["stretches"]), objective=c.objective,
-                        ladder=tuple(c.bound["ladder"]),
-                        max_candidates=int(c.bound["max_candidates"]),
-                        shortlist=int(c.bound["shortlist"]), workers=workers)
-                except clairvoyant.BoundError as exc:
-                    # No bound for this cell: said in the report, the other cells go on.
-                    text = (f"bound not computed for {w.label} {cell['app']} "
-                            f"{_point_text(cell['grid'])} seed {cell['seed']}: {exc}")
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    failed.write_text(text + "\n")
-                    notes.append(text)
-                    continue
+            _say(progress, f"bound {j}/{len(jobs)}: {where}")
+            try:
+                found = clairvoyant.piecewise_static(
+                    w.scenario, seed=cell["seed"],
+                    app=None if cell["app"] == "all" else cell["app"],
+                    overrides=overrides, duration_s=w.duration_s,
+                    stretches=int(c.bound["stretches"]), objective=c.objective,
+                    ladder=tuple(c.bound["ladder"]),
+                    max_candidates=int(c.bound["max_candidates"]),
+                    shortlist=int(c.bound["shortlist"]), workers=workers)
+            except clairvoyant.BoundError as exc:
+                # No bound for this cell: said in the report, the other cells go on.
+                text = f"bound not computed for {where}: {exc}"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                record = {"job": job, "schedule": list(found.schedule),
-                          "metrics": dict(found.metrics), "static": _jsonable(found.static),
-                          "method": found.method}
-                path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-            record = json.loads(path.read_text())
-            base = {"workload": w.label, "app": cell["app"], "seed": cell["seed"],
-                    **{k: v for k, v in cell["grid"].items()}}
-            rows.append({**base, "policy": "clairvoyant", **record["metrics"],
-                         "schedule": json.dumps(record["schedule"])})
-            static = record["static"]
-            rows.append({**base, "policy": "best static", **static.get("metrics", {}),
-                         "schedule": json.dumps(static.get("placements", {}))})
+                failed.write_text(text + "\n")
+                notes.append(text)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            record = {"job": job, "schedule": list(found.schedule),
+                      "metrics": dict(found.metrics), "static": _jsonable(found.static),
+                      "method": found.method}
+            path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        record = json.loads(path.read_text())
+        base = {"workload": w.label, "app": cell["app"], "seed": cell["seed"],
+                **{k: v for k, v in cell["grid"].items()}}
+        rows.append({**base, "policy": "clairvoyant", **record["metrics"],
+                     "schedule": json.dumps(record["schedule"])})
+        static = record["static"]
+        rows.append({**base, "policy": "best static", **static.get("metrics", {}),
+                     "schedule": json.dumps(static.get("placements", {}))})
+    if left:
+        notes.append(f"bound not computed yet for {len(left)} of {len(jobs)} cells (the "
+                     f"--bound-budget of {budget_s:g} s was spent; run the same command "
+                     f"again to compute them): {'; '.join(left)}")
     return rows
 
 
@@ -325,7 +341,7 @@ def _point_text(point: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- command
 
 def run_comparison(c: Comparison, out: Path, *, workers: int = 2, progress: bool = True,
-                   svg: bool = False) -> Report:
+                   svg: bool = False, bound_budget_s: float | None = None) -> Report:
     """Every stage, in order, after `preflight`; returns the report."""
     from jsorc_sim import compare_report
 
@@ -336,7 +352,7 @@ def run_comparison(c: Comparison, out: Path, *, workers: int = 2, progress: bool
     learned, note = train_learned(c, out, progress)
     notes = [note] if note else []
     results = run_workloads(c, tuned, learned, out, workers, progress, notes)
-    bounds = run_bounds(c, out, workers, progress, notes)
+    bounds = run_bounds(c, out, workers, progress, notes, bound_budget_s)
     report = compare_report.build(c, tuned, results, bounds, out, notes=notes, svg=svg)
     report.wall_s = time.perf_counter() - started
     return report
@@ -382,6 +398,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--quick", action="store_true",
                    help="tiny budgets, one seed, short runs: a first look (and the tests)")
     p.add_argument("--svg", action="store_true", help="SVG plots beside the PNGs")
+    p.add_argument("--bound-budget", type=float, metavar="S",
+                   help="start no new clairvoyant bound after S seconds of that stage (cheapest "
+                   "cells first); the report names the cells left, a rerun computes them")
     p.add_argument("--no-progress", action="store_true", help="nothing on stderr while it runs")
     p.set_defaults(handler=handle)
 
@@ -391,8 +410,11 @@ def handle(args: argparse.Namespace) -> int:
         raise CompareError("--workers", [f"must be at least 1, got {args.workers}"])
     c = load_comparison(args.file, args.traces, quick=args.quick)
     out = Path(args.out) if args.out else Path("runs") / c.name
+    if args.bound_budget is not None and not args.bound_budget >= 0:
+        raise CompareError("--bound-budget", [f"must be a number of seconds >= 0, got "
+                                              f"{args.bound_budget}"])
     report = run_comparison(c, out, workers=args.workers, progress=not args.no_progress,
-                            svg=args.svg)
+                            svg=args.svg, bound_budget_s=args.bound_budget)
     print(report.text)
     return 0
 

@@ -141,3 +141,23 @@ def test_check_compares_without_writing(repo: Path) -> None:
 def test_every_block_of_the_real_readme_has_markers() -> None:
     present = results.find_blocks(results.README.read_text())
     assert {b.name for b in results.BLOCKS} | {results.STAMP} <= set(present)
+
+
+def test_a_resumable_blocks_folder_is_kept_and_others_are_made_anew(repo: Path) -> None:
+    """A resumable command (jsorc-sim compare) finds what it computed before; any other
+    block starts from an empty folder."""
+    writes = program("import pathlib, sys\n"
+                     "out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)\n"
+                     "seen = (out / 'cached').exists()\n"
+                     "(out / 'fig.png').write_bytes(b'fig')\n"
+                     "print(f'Table: cached={seen}')")
+    out = repo / "runs" / "results" / "table"
+    for resumable, expect in ((True, "Table: cached=True"), (False, "Table: cached=False")):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cached").write_text("computed before")
+        block = results.Block("table", writes, results.stdout_paragraph("Table:"),
+                              figures=(("fig.png", "docs/fig.png"),), resumable=resumable)
+        [outcome] = run(repo, block)
+        assert outcome.status in ("updated", "unchanged"), outcome.detail
+        assert expect in (repo / "README.md").read_text()
+        assert (out / "cached").exists() == resumable
