@@ -468,6 +468,13 @@ BLOCKS: tuple[Block, ...] = (
           figures=(("pareto_loadtest_clients8.png", "docs/pareto_loadtest_8_clients.png"),
                    ("pareto_azure_llm_2023.png", "docs/pareto_llm_trace.png"),
                    ("tables.txt", "docs/comparison_tables.txt"))),
+    # A smaller run of the same comparison (its file says how): about 20 minutes.
+    Block("comparison_small", ("jsorc-sim", "compare", "experiments/comparison_small.toml",
+                               "--bound-budget", "240", "--out", "{out}"), render_comparison,
+          figures=(("pareto_loadtest_clients8.png", "docs/pareto_small_loadtest_8_clients.png"),
+                   ("pareto_azure_llm_2023.png", "docs/pareto_small_llm_trace.png"),
+                   ("tables.txt", "docs/comparison_small_tables.txt")),
+          resumable=True),
     Block("tune", ("jsorc-sim", "tune", "experiments/tune_model_based.toml", "--workers", "2",
                    "--out", "{out}"), render_tune),
     Block("policy_table_1", ("python", "experiments/policy_table.py", "--clients", "1",

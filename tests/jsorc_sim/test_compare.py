@@ -332,3 +332,15 @@ def test_bad_policies_apps_and_values_are_refused_before_anything_simulates(
                    "grid 'workload.clients' must be a non-empty list",
                    "[bound] stretches must be a whole number", "[bound] ladder must be a list"):
         assert needle in text, (needle, text)
+
+
+def test_a_bound_budget_leaves_cells_named_for_the_next_run(tmp_path: Path) -> None:
+    from jsorc_sim.compare import run_bounds
+
+    c = load_comparison(_write(tmp_path, SMALL))
+    notes: list[str] = []
+    assert run_bounds(c, tmp_path / "out", 1, False, notes, budget_s=0.0) == []
+    assert notes == ["bound not computed yet for 1 of 1 cells (the --bound-budget of 0 s was "
+                     "spent; run the same command again to compute them): loadtest "
+                     "sentence_pairing clients=2 seed 1"]
+    assert not (tmp_path / "out").exists()  # nothing computed, nothing written
