@@ -402,14 +402,16 @@ class JsorcService:
 
     def trackact_stop(self) -> dict[str, Any]:
         rows = self.runtime.track_stop()
-        return {"success": True, "calls": [{k: plain(v) for k, v in r.items()} for r in rows]}
+        # `lost`: calls of the session the call log no longer held (it keeps the newest 1 M).
+        return {"success": True, "calls": [{k: plain(v) for k, v in r.items()} for r in rows],
+                "lost": self.runtime.track_lost}
 
     def trackact_calls(self, since: int | None) -> dict[str, Any]:
         """The calls after cursor `since` and the cursor to pass next, leaving `trackact`
         (whoever started it) as it is."""
-        rows, cursor = self.runtime.calls_since(since)
+        rows, cursor, lost = self.runtime.calls_since(since)
         return {"success": True, "calls": [{k: plain(v) for k, v in r.items()} for r in rows],
-                "cursor": cursor, "tracking": self.runtime.track_active}
+                "cursor": cursor, "lost": lost, "tracking": self.runtime.track_active}
 
     def benchmark_start(self) -> dict[str, Any]:
         self.runtime.benchmark_start()

@@ -301,6 +301,7 @@ class StatusAnswer(Answer):
 class CallsAnswer(Answer):
     calls: list[dict[str, Any]]
     cursor: int
+    lost: int = 0  # calls after `since` the call log (its newest 1 M) dropped before this read
     tracking: bool  # whether a `trackact` session is running (this read does not touch it)
 
 

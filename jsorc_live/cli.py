@@ -282,6 +282,9 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
                      "policy_params": parse_params(args.params)})
     if command == "trackact":
         answer = post(args, f"/jsorc/trackact/{verb}", {})
+        if verb == "stop" and answer.get("lost"):
+            print(f"jsorc trackact: warning: the server's call log (its newest 1 M rows) "
+                  f"dropped the session's first {answer['lost']} calls", file=sys.stderr)
         if verb == "stop" and args.out:
             write_calls(answer.get("calls", []), Path(args.out))
             answer["written"] = args.out

@@ -116,10 +116,11 @@ def run(args: argparse.Namespace,
                              bounds=bounds, log=log)
     finally:
         report = post(args, "/jsorc/benchmark/report", {})
-        calls = post(args, "/jsorc/trackact/calls", {"since": mark}).get("calls", [])
+        tracked = post(args, "/jsorc/trackact/calls", {"since": mark})
+        calls = tracked.get("calls", [])
         post(args, "/jsorc/benchmark/stop", {})
     client = client_counts(log, outcome, bounds)
-    warnings = [w for w in (overload_warning(client),) if w]
+    warnings = [w for w in (overload_warning(client), lost_warning(tracked, report)) if w]
     for warning in warnings:
         print(f"jsorc loadtest: warning: {warning}", file=sys.stderr)
     summary = {"app": args.app, "mode": "trace" if trace is not None else "closed",
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace,
                "grace_s": bounds.grace_s, "walker_runs": client["sent"],
                "failed": client["failed"], "unfinished": client["unfinished"],
                "not_sent": client["not_sent"], "calls_tracked": len(calls),
+               "calls_lost": int(tracked.get("lost", 0) or 0),
                "client": client, "warnings": warnings, "benchmark": report.get("report", report)}
     if out is not None and before is not None:
         elapsed = time.perf_counter() - clock_start
@@ -177,6 +179,18 @@ def client_counts(log: ClientLog, outcome: Outcome, bounds: Bounds) -> dict[str,
             "offered_per_s": round(offered / bounds.duration_s, 3),
             "answered_per_s": round(counts["ok"] / bounds.duration_s, 3),
             "max_lag_s": round(outcome.max_lag_s, 3)}
+
+
+def lost_warning(tracked: dict[str, Any], report: dict[str, Any]) -> str | None:
+    """A sentence when the server's logs (their newest 1 M rows) dropped calls or walker
+    runs of this load test before it read them; None otherwise (pure)."""
+    calls = int(tracked.get("lost", 0) or 0)
+    runs = int(report.get("report", report).get("requests_lost", 0) or 0)
+    if not (calls or runs):
+        return None
+    return (f"the server's logs dropped {calls} calls and {runs} walker runs of this load test "
+            "before it read them (they keep the newest 1 M rows): calls_tracked and the "
+            "benchmark cover the rest only")
 
 
 def overload_warning(client: dict[str, Any]) -> str | None:

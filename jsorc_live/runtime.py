@@ -169,7 +169,9 @@ class Walker:
 
 
 class RowLog:
-    """Append-only rows with cursors, keeping at most `limit` (the oldest are dropped)."""
+    """Append-only rows with cursors, keeping at most `limit`: past it the oldest half is
+    dropped, and `lost(cursor)` says how many rows a reader at `cursor` can no longer get,
+    so a reader reports the gap instead of passing a partial log off as whole."""
 
     def __init__(self, limit: int = 1_000_000) -> None:
         self._rows: list[tuple[Any, ...]] = []
@@ -194,6 +196,11 @@ class RowLog:
         with self._lock:
             start = max(cursor - self._base, 0)
             return self._rows[start:], self._base + len(self._rows)
+
+    def lost(self, cursor: int) -> int:
+        """How many rows after `cursor` were dropped before it read them."""
+        with self._lock:
+            return max(self._base - cursor, 0)
 
 
 def latency_report(latencies: Sequence[float], span_s: float) -> dict[str, float | None]:
@@ -266,6 +273,7 @@ class Runtime:
         self._benchmark: dict[str, Any] = {"active": False, "start": None, "stop": None,
                                            "cursor": 0}
         self._track: dict[str, Any] = {"active": False, "cursor": 0}
+        self._track_lost = 0
         self._counts: dict[tuple[str, str, bool], int] = {}
         self.observations = LiveSignals(self.now, cores=node_cores(),
                                         memory_total_mb=machine_memory_mb(),
@@ -406,7 +414,9 @@ class Runtime:
 
     def benchmark_report(self) -> dict[str, Any]:
         """JSORC's benchmark report over the requests since `benchmark start` that
-        succeeded (to `benchmark stop`, or now while it runs)."""
+        succeeded (to `benchmark stop`, or now while it runs). When the request log (its
+        newest 1 M rows) dropped some of them, `requests_lost` says how many: the report
+        then covers the rest only, and its throughput is low by that many."""
         bench = self._benchmark
         if bench["start"] is None:
             raise RuntimeRefusal("no benchmark was started", 409)
@@ -419,7 +429,8 @@ class Runtime:
             by_app.setdefault(row[2], []).append(row[3])
         walker_run = {app: latency_report(lat, span) for app, lat in sorted(by_app.items())}
         walker_run["all"] = latency_report([r[3] for r in rows], span)
-        return {"walker_run": walker_run}
+        lost = self.requests.lost(bench["cursor"])
+        return {"walker_run": walker_run, **({"requests_lost": lost} if lost else {})}
 
     @property
     def benchmark_active(self) -> bool:
@@ -429,13 +440,21 @@ class Runtime:
         self._track = {"active": True, "cursor": self.calls.cursor, "carried": []}
 
     def track_stop(self) -> list[dict[str, Any]]:
-        """The call rows since `trackact start`, as dicts of the `calls` columns."""
+        """The call rows since `trackact start`, as dicts of the `calls` columns (the oldest
+        are missing when the session outran the call log: `track_lost` says how many)."""
         if not self._track["active"]:
             raise RuntimeRefusal("trackact is not running", 409)
         rows, _ = self.calls.since(self._track["cursor"])
+        self._track_lost = self.calls.lost(self._track["cursor"])
         carried = self._track.get("carried", [])
         self._track = {"active": False, "cursor": 0}
         return [dict(zip(CALL_COLUMNS, row, strict=True)) for row in [*carried, *rows]]
+
+    @property
+    def track_lost(self) -> int:
+        """Calls the last stopped trackact session recorded but the call log (its newest
+        1 M rows) no longer held when it stopped."""
+        return self._track_lost
 
     def track_session(self) -> tuple[bool, list[tuple[Any, ...]]]:
         """Whether trackact runs, and the call rows it holds so far (jsorc_live.store)."""
@@ -454,13 +473,15 @@ class Runtime:
     def track_active(self) -> bool:
         return bool(self._track["active"])
 
-    def calls_since(self, cursor: int | None) -> tuple[list[dict[str, Any]], int]:
-        """The call rows after `cursor` (none when it is None) and the cursor now. A reader
-        of its own window (jsorc loadtest) so leaves a user's `trackact` session alone."""
+    def calls_since(self, cursor: int | None) -> tuple[list[dict[str, Any]], int, int]:
+        """The call rows after `cursor` (none when it is None), the cursor now, and how many
+        rows after `cursor` the call log dropped before this read. A reader of its own
+        window (jsorc loadtest) so leaves a user's `trackact` session alone."""
         if cursor is None:
-            return [], self.calls.cursor
+            return [], self.calls.cursor, 0
+        lost = self.calls.lost(cursor)
         rows, now = self.calls.since(cursor)
-        return [dict(zip(CALL_COLUMNS, row, strict=True)) for row in rows], now
+        return [dict(zip(CALL_COLUMNS, row, strict=True)) for row in rows], now, lost
 
     # ----------------------------------------------------------------- shutdown
 

@@ -187,6 +187,17 @@ def test_overload_warning_threshold(ok: int, offered: int, lag: float, warned: b
         assert f"{ok / 10:g} walker runs/s of the {offered / 10:g}/s offered" in text
 
 
+@pytest.mark.parametrize("calls,runs", [(0, 0), (12, 0), (0, 3), (7, 5)])
+def test_lost_warning_names_what_the_servers_logs_dropped(calls: int, runs: int) -> None:
+    tracked = {"calls": [], "cursor": 9, "lost": calls}
+    report = {"success": True, "report": {"walker_run": {}, **({"requests_lost": runs}
+                                                              if runs else {})}}
+    text = loadtest.lost_warning(tracked, report)
+    assert (text is None) == (calls == 0 and runs == 0)
+    if text is not None:
+        assert f"dropped {calls} calls and {runs} walker runs" in text
+
+
 def test_a_replay_reads_the_trace_as_numpy_windows_cut_at_the_duration(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     times = np.sort(rng.uniform(0.0, 20.0, 5000))

@@ -20,6 +20,7 @@ from jsorc_live.runtime import (
     CallTiming,
     Invoker,
     Replica,
+    RowLog,
     Runtime,
     RuntimeRefusal,
     Step,
@@ -273,6 +274,44 @@ def test_a_failed_move_keeps_the_placement() -> None:
     no_replica_left(runtime)
 
 
+@pytest.mark.parametrize("limit,appended", [(10, 25), (10, 10), (7, 100), (2, 3)])
+def test_row_log_says_how_many_rows_a_reader_lost(limit: int, appended: int) -> None:
+    log = RowLog(limit=limit)
+    late = 3  # a reader that came in after the third row
+    for i in range(appended):
+        log.append((i,))
+        if i == late - 1:
+            cursor = log.cursor
+    rows, now = log.since(0)
+    values = [row[0] for row in rows]
+    assert now == appended and values == list(range(appended - len(values), appended))
+    assert log.lost(0) == appended - len(values)  # every row is either read or counted lost
+    assert log.lost(now) == 0
+    later, _ = log.since(cursor)
+    assert log.lost(cursor) + len(later) == appended - late
+
+
+def test_trackact_benchmark_and_calls_since_count_what_the_logs_dropped() -> None:
+    runtime, _, _ = make_runtime()
+    runtime.calls = RowLog(limit=4)  # small logs, so a short session outruns them
+    runtime.requests = RowLog(limit=2)
+    runtime.track_start()
+    runtime.benchmark_start()
+    _, mark, lost = runtime.calls_since(runtime.calls.cursor)
+    assert lost == 0
+    for _ in range(5):
+        runtime.run_walker("two", {})  # two calls each
+    rows, _, lost = runtime.calls_since(mark)
+    assert lost > 0 and lost + len(rows) == 10
+    calls = runtime.track_stop()
+    assert runtime.track_lost > 0 and runtime.track_lost + len(calls) == 10
+    report = runtime.benchmark_stop()
+    counted = round(report["walker_run"]["all"]["throughput"]
+                    * (runtime._benchmark["stop"] - runtime._benchmark["start"]))
+    assert report["requests_lost"] > 0 and report["requests_lost"] + counted == 5
+    runtime.close()
+
+
 def test_benchmark_report_has_jsorcs_shape_and_track_returns_call_rows() -> None:
     runtime, _, _ = make_runtime()
     with pytest.raises(RuntimeRefusal):
@@ -284,7 +323,8 @@ def test_benchmark_report_has_jsorcs_shape_and_track_returns_call_rows() -> None
         runtime.run_walker("two", {})
     calls = runtime.track_stop()
     report = runtime.benchmark_stop()
-    assert len(calls) == 10 and set(calls[0]) == set(CALL_COLUMNS)
+    assert len(calls) == 10 and set(calls[0]) == set(CALL_COLUMNS) and runtime.track_lost == 0
+    assert "requests_lost" not in report  # nothing dropped: JSORC's shape exactly
     assert set(report["walker_run"]) == {"two", "all"}
     entry = report["walker_run"]["all"]
     assert set(entry) == {"throughput", "average_latency", "50th_latency", "90th_latency",
