@@ -425,6 +425,26 @@ class JsorcService:
     def benchmark_report(self) -> dict[str, Any]:
         return {"success": True, "report": plain(self.runtime.benchmark_report())}
 
+    def benchmark_window(self, since: int | None, start: float | None) -> dict[str, Any]:
+        """A benchmark of one reader's own: with no `since`, the request log's cursor and
+        the runtime's clock now; with them, JSORC's report over the walker runs after
+        cursor `since` (throughput over the time since `start`, else since the first of
+        them). A `benchmark start` session (a user's) is left as it is."""
+        now = self.runtime.now()
+        cursor = self.runtime.requests.cursor
+        if since is None:
+            return {"success": True, "cursor": cursor, "now": now}
+        if start is not None and start > now:
+            raise RuntimeRefusal(f"start {start} is later than the runtime's clock now ({now})",
+                                 422)
+        if since > cursor:
+            raise RuntimeRefusal(f"since {since} is past the request log's cursor ({cursor})",
+                                 422)
+        rows, _ = self.runtime.requests.since(since)
+        begin = start if start is not None else (rows[0][0] if rows else now)
+        return {"success": True, "cursor": cursor, "now": now,
+                "report": plain(self.runtime.walker_report(since, begin, now))}
+
     # ----------------------------------------------------------------- config, status
 
     def config_get(self, name: str | None = None) -> dict[str, Any]:

@@ -205,6 +205,15 @@ class TrackactCalls(_Body):
                                           "calls, only the cursor now")
 
 
+class BenchmarkWindow(_Body):
+    since: int | None = Field(default=None, ge=0,
+                              description="a request-log cursor from an earlier answer; left "
+                                          "out: no report, only the cursor and clock now")
+    start: float | None = Field(default=None, ge=0, allow_inf_nan=False,
+                                description="the runtime's clock when the window began (the "
+                                            "earlier answer's `now`): throughput's span")
+
+
 class ConfigGet(_Body):
     name: str | None = Field(default=None, min_length=1,
                              description="one setting; all of them when left out")
@@ -307,6 +316,12 @@ class CallsAnswer(Answer):
 
 class ReportAnswer(Answer):
     report: dict[str, Any]
+
+
+class WindowAnswer(Answer):
+    cursor: int  # the request log's cursor now: pass it as `since` next
+    now: float  # the runtime's clock now
+    report: dict[str, Any] | None = None  # JSORC's benchmark report, when `since` was given
 
 
 class WalkerSetAnswer(Answer):

@@ -139,6 +139,9 @@ def _jsorc_routes(service: JsorcService, ops: Ops) -> list[Route]:
           lambda d: s.benchmark_stop(), 409),
         r("/jsorc/benchmark/report", "the benchmark's report so far", m.Empty,
           m.ReportAnswer, lambda d: s.benchmark_report(), 409),
+        r("/jsorc/benchmark/window", "a report of the walker runs after a cursor; the "
+          "benchmark left as it is", m.BenchmarkWindow, m.WindowAnswer,
+          lambda d: s.benchmark_window(d["since"], d["start"]), 422),
         r("/jsorc/config/get", "the settings, or one", m.ConfigGet, m.ConfigAnswer,
           lambda d: s.config_get(d["name"]), 404),
         r("/jsorc/config/set", "set one setting", m.ConfigSet, m.ConfigAnswer,

@@ -18,9 +18,10 @@ answered less than ANSWERED_WARN of what was offered, or the client fell more th
 behind the trace, a warning giving both rates goes to stderr and into report.json and
 run.json (`warnings`). A progress line goes to stderr every few seconds.
 
-It starts the server's benchmark, drives the load, and prints JSORC's benchmark report (the
-server's measurement) with the client's own counts. The action calls are read by cursor
-(`/jsorc/trackact/calls`), so a `jsorc trackact` session the user started runs on untouched.
+It drives the load and prints JSORC's benchmark report (the server's measurement) with the
+client's own counts. The report and the action calls are read by cursors into the server's
+logs (`/jsorc/benchmark/window`, `/jsorc/trackact/calls`), so a `jsorc benchmark` or
+`jsorc trackact` session the user started runs on untouched.
 With `--out` it writes `report.json`, `calls.parquet` (the action-call trace, the simulator's
 `calls` columns, which `jsorc-sim` can replay), `requests.parquet` (the client's view: its
 latency beside the server's `server_ms` of the same walker run, by `request_id`; the
@@ -101,8 +102,11 @@ def run(args: argparse.Namespace,
     # A cursor into the call log, not `trackact start`: that would restart (and our stop
     # end) a tracking session the user has running.
     mark = post(args, "/jsorc/trackact/calls", {}).get("cursor")
+    # The same for the benchmark: a window over the request log, so a user's `benchmark
+    # start` session runs on untouched.
+    window = post(args, "/jsorc/benchmark/window", {})
     wall_start, clock_start = run_record.wall_now(), time.perf_counter()
-    server_start = post(args, "/jsorc/benchmark/start", {}).get("now")
+    server_start = window.get("now")
     log = ClientLog()
     url = args.server.rstrip("/") + "/walker_run"
     if out is not None:
@@ -115,10 +119,10 @@ def run(args: argparse.Namespace,
             outcome = replay(url, args.app, trace.windows(), timeout_s=args.timeout,
                              bounds=bounds, log=log)
     finally:
-        report = post(args, "/jsorc/benchmark/report", {})
+        report = post(args, "/jsorc/benchmark/window",
+                      {"since": window.get("cursor"), "start": server_start})
         tracked = post(args, "/jsorc/trackact/calls", {"since": mark})
         calls = tracked.get("calls", [])
-        post(args, "/jsorc/benchmark/stop", {})
     client = client_counts(log, outcome, bounds)
     warnings = [w for w in (overload_warning(client), lost_warning(tracked, report)) if w]
     for warning in warnings:

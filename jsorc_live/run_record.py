@@ -8,10 +8,10 @@ controller changed while the load ran, each action's configuration, and the mach
 Two clocks meet here. The server's `now()` (seconds since `jsorc serve` started) stamps the
 call rows (`calls.parquet` ts) and the controller's decisions; the loadtest's own
 `requests.parquet` ts counts from the client's start. `ts_base.server_now_at_start` is the
-server's clock when the benchmark started, so `t = ts - server_now_at_start` puts calls and
-decisions on the run's time axis (every row here carries that `t` already), and the client's
-ts ≈ t (the client starts its clock right after the benchmark starts; the gap is one admin
-call, a few ms).
+server's clock when the load test began (it opens its benchmark window), so
+`t = ts - server_now_at_start` puts calls and decisions on the run's time axis (every row
+here carries that `t` already), and the client's ts ≈ t (the client starts its clock right
+after that window opens; the gap is one admin call, a few ms).
 
 Layout (format "jsorc-run/1"; every key is always present, unknown values are null):
 

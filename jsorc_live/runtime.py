@@ -414,22 +414,27 @@ class Runtime:
 
     def benchmark_report(self) -> dict[str, Any]:
         """JSORC's benchmark report over the requests since `benchmark start` that
-        succeeded (to `benchmark stop`, or now while it runs). When the request log (its
-        newest 1 M rows) dropped some of them, `requests_lost` says how many: the report
-        then covers the rest only, and its throughput is low by that many."""
+        succeeded (to `benchmark stop`, or now while it runs)."""
         bench = self._benchmark
         if bench["start"] is None:
             raise RuntimeRefusal("no benchmark was started", 409)
         end = bench["stop"] if bench["stop"] is not None else self.now()
-        rows, _ = self.requests.since(bench["cursor"])
+        return self.walker_report(bench["cursor"], bench["start"], end)
+
+    def walker_report(self, cursor: int, start: float, end: float) -> dict[str, Any]:
+        """JSORC's benchmark report over the request rows after `cursor` that succeeded and
+        ended by `end`, their throughput over `end - start`. When the request log (its
+        newest 1 M rows) dropped some of them, `requests_lost` says how many: the report
+        then covers the rest only, and its throughput is low by that many."""
+        rows, _ = self.requests.since(cursor)
         rows = [r for r in rows if r[0] <= end and r[4]]
-        span = end - bench["start"]
+        span = end - start
         by_app: dict[str, list[float]] = {}
         for row in rows:
             by_app.setdefault(row[2], []).append(row[3])
         walker_run = {app: latency_report(lat, span) for app, lat in sorted(by_app.items())}
         walker_run["all"] = latency_report([r[3] for r in rows], span)
-        lost = self.requests.lost(bench["cursor"])
+        lost = self.requests.lost(cursor)
         return {"walker_run": walker_run, **({"requests_lost": lost} if lost else {})}
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -96,3 +97,44 @@ def test_remote_calls_to_jsorc_servers_split_service_from_network(
     # The server's own time for the action, and the rest of the round trip as network.
     assert (remote["service_ms"] > 0).all() and (remote["network_ms"] >= 0).all()
     assert (remote["service_ms"] + remote["network_ms"] <= remote["latency_ms"] + 1e-6).all()
+
+
+def admin(url: str, path: str, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(url + path, json=body, headers={"Authorization": f"token {TOKEN}"},
+                      timeout=10.0)
+
+
+def test_a_load_test_leaves_a_users_benchmark_and_trackact_sessions_running(
+        loaded: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert admin(loaded, "/jsorc/benchmark/start", {}).status_code == 200
+    assert admin(loaded, "/jsorc/trackact/start", {}).status_code == 200
+    capsys.readouterr()
+    code = jsorc(loaded, "loadtest", "--app", "restaurant_chatbot", "--clients", "1",
+                 "--duration", "2", "--json")
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    runs = summary["benchmark"]["walker_run"]["restaurant_chatbot"]
+    assert summary["walker_runs"] >= 2 and runs["throughput"] > 0
+    # Both sessions still run and hold the load test's work, which the user asked for.
+    report = admin(loaded, "/jsorc/benchmark/stop", {})
+    assert report.status_code == 200
+    users = report.json()["report"]["walker_run"]["restaurant_chatbot"]
+    assert users["throughput"] > 0
+    tracked = admin(loaded, "/jsorc/trackact/stop", {}).json()
+    assert len(tracked["calls"]) >= summary["calls_tracked"] > 0 and tracked["lost"] == 0
+
+
+def test_the_benchmark_window_refuses_a_cursor_or_start_from_the_future(loaded: str) -> None:
+    now = admin(loaded, "/jsorc/benchmark/window", {}).json()
+    assert set(now) >= {"cursor", "now"} and now.get("report") is None
+    ahead = admin(loaded, "/jsorc/benchmark/window", {"since": now["cursor"] + 5})
+    assert ahead.status_code == 422 and "past the request log's cursor" in ahead.text
+    later = admin(loaded, "/jsorc/benchmark/window",
+                  {"since": now["cursor"], "start": now["now"] + 3600})
+    assert later.status_code == 422 and "later than the runtime's clock" in later.text
+    bad = admin(loaded, "/jsorc/benchmark/window", {"since": -1})
+    assert bad.status_code == 400 and "since" in bad.text  # the body is malformed
+    empty = admin(loaded, "/jsorc/benchmark/window", {"since": now["cursor"]}).json()
+    assert empty["report"]["walker_run"] == {"all": {
+        "throughput": None, "average_latency": None, "50th_latency": None,
+        "90th_latency": None, "95th_latency": None, "99th_latency": None}}  # no runs, no span
