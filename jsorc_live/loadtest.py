@@ -43,6 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from jsorc_live import run_record
 from jsorc_live.load_clients import Bounds, ClientLog, Outcome, Times, closed_loop, replay
 
@@ -71,6 +74,15 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply trace times (0.5 replays twice as fast)")
     p.add_argument("--seed", type=int, default=0, help="seed for spreading per-minute counts")
+    p.add_argument("--spread", default="uniform",
+                   help="how a per-minute count becomes arrival times: uniform (random in "
+                        "the minute) | even (default uniform; jsorc_traces)")
+    p.add_argument("--stream", action="append", default=[], metavar="NAME",
+                   help="replay only this stream of the trace (a function, an app; "
+                        "repeatable; default every stream, merged)")
+    p.add_argument("--start", type=float, default=0.0, metavar="S",
+                   help="begin this many seconds into the trace, on its own clock (before "
+                        "--time-scale; default 0, its first arrival)")
     p.add_argument("--out", help=f"write {OUT_FILES} here")
 
 
@@ -165,6 +177,9 @@ def _check(args: argparse.Namespace) -> Bounds:
         raise LoadtestError(f"--grace must be a number of seconds >= 0, got {grace}")
     if not (args.time_scale > 0 and math.isfinite(args.time_scale)):
         raise LoadtestError(f"--time-scale must be a number > 0, got {args.time_scale}")
+    start = getattr(args, "start", 0.0)
+    if not (start >= 0 and math.isfinite(start)):
+        raise LoadtestError(f"--start must be a number of seconds >= 0, got {start}")
     think = getattr(args, "think_ms", 0.0)
     if not (think >= 0 and math.isfinite(think)):
         raise LoadtestError(f"--think-ms must be a number of ms >= 0, got {think}")
@@ -225,6 +240,9 @@ def _workload(args: argparse.Namespace, bounds: Bounds, replayed: bool,
             "trace": None if closed else os.path.abspath(args.trace),
             "trace_format": None if closed else args.trace_format,
             "time_scale": None if closed else args.time_scale,
+            "start_s": None if closed else getattr(args, "start", 0.0),
+            "streams": None if closed else (list(getattr(args, "stream", [])) or None),
+            "spread": None if closed else getattr(args, "spread", "uniform"),
             "trace_arrivals": None if closed else client["offered"],
             "client": client, "warnings": warnings}
 
@@ -240,23 +258,45 @@ def _trace(args: argparse.Namespace) -> Trace:
     import jsorc_traces
 
     scale, duration = float(args.time_scale), float(args.duration)
+    start = float(getattr(args, "start", 0.0))
+    streams = list(getattr(args, "stream", []))
     # Only the window is read (a day of per-minute counts is otherwise expanded whole); a hair
-    # past it so no arrival with t * time_scale < duration is lost to rounding.
-    max_s = duration / scale * (1 + 1e-9)
+    # past it so no arrival with (t - start) * time_scale < duration is lost to rounding.
+    max_s = (start + duration / scale) * (1 + 1e-9)
     try:
         windows = jsorc_traces.read_windows(args.trace, args.trace_format, seed=args.seed,
+                                            spread=getattr(args, "spread", "uniform"),
                                             max_s=max_s)
     except (jsorc_traces.TraceError, ValueError) as exc:
         raise LoadtestError(str(exc)) from None
+    codes = _stream_codes(windows.key_names, streams, args.trace)
 
     def scaled() -> Iterator[Times]:
         for window in windows.windows():
-            times = window.ts * scale
+            times = window.ts
+            if codes is not None:
+                times = times[np.isin(window.key_code, codes)]
+            times = (times[times >= start] - start) * scale
             times = times[times < duration]
             if times.size:
                 yield times
 
     return Trace(scaled)
+
+
+def _stream_codes(names: tuple[str, ...], streams: list[str],
+                  trace: str) -> npt.NDArray[np.int32] | None:
+    """The codes of the --stream names in the trace (None: every stream), or a
+    LoadtestError naming the unknown ones and some the trace has."""
+    if not streams:
+        return None
+    index = {name: code for code, name in enumerate(names)}
+    unknown = [name for name in streams if name not in index]
+    if unknown:
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        raise LoadtestError(f"--stream {', '.join(map(repr, unknown))}: not a stream of "
+                            f"{trace} (its streams: {shown})")
+    return np.asarray([index[name] for name in streams], dtype=np.int32)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

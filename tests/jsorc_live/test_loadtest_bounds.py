@@ -208,3 +208,35 @@ def test_a_replay_reads_the_trace_as_numpy_windows_cut_at_the_duration(tmp_path:
     assert all(isinstance(w, np.ndarray) and w.dtype == np.float64 for w in windows)
     expected = (times - times[0]) * 0.5
     np.testing.assert_allclose(np.concatenate(windows), expected[expected < 3.0])
+
+
+@pytest.mark.parametrize("streams,start,scale", [(["b"], 0.0, 1.0), (["a", "c"], 4.5, 0.5),
+                                                  ([], 7.0, 2.0), (["c"], 19.0, 1.0)])
+def test_a_replay_picks_streams_and_starts_into_the_trace(
+        tmp_path: Path, streams: list[str], start: float, scale: float) -> None:
+    rng = np.random.default_rng(5)
+    times = np.sort(rng.uniform(0.0, 20.0, 3000))
+    apps = rng.choice(["a", "b", "c"], size=times.size)
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"ts": times + 50.0, "app": apps}).to_csv(path, index=False)
+    args = argparse.Namespace(trace=str(path), trace_format="auto", seed=0, time_scale=scale,
+                              duration=4.0, stream=streams, start=start, spread="uniform")
+    got = np.concatenate([np.empty(0), *loadtest._trace(args).windows()])
+    shifted = times - times[0]  # the trace's own clock starts at its first arrival
+    keep = np.isin(apps, streams) if streams else np.ones(times.size, bool)
+    want = (shifted[keep & (shifted >= start)] - start) * scale
+    np.testing.assert_allclose(got, want[want < 4.0])
+
+
+def test_a_replay_names_an_unknown_stream_a_bad_spread_or_start(tmp_path: Path) -> None:
+    path = requests_trace(tmp_path / "t.csv", np.arange(0.0, 5.0, 0.5))
+    base = {"trace": str(path), "trace_format": "auto", "seed": 0, "time_scale": 1.0,
+            "duration": 2.0, "stream": [], "start": 0.0, "spread": "uniform"}
+    with pytest.raises(loadtest.LoadtestError, match=r"--stream 'zz': not a stream of .*a\)"):
+        loadtest._trace(argparse.Namespace(**{**base, "stream": ["a", "zz"]}))
+    with pytest.raises(loadtest.LoadtestError, match="spread.*'lumpy'"):
+        loadtest._trace(argparse.Namespace(**{**base, "spread": "lumpy"}))
+    args = argparse.Namespace(**{**base, "start": -1.0, "clients": 1, "grace": None,
+                                 "timeout": 5.0, "think_ms": 0.0})
+    with pytest.raises(loadtest.LoadtestError, match="--start must be"):
+        loadtest._check(args)
