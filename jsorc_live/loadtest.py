@@ -33,6 +33,7 @@ the server clock at the start that aligns the tables; jsorc_live.run_record).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -60,7 +61,9 @@ def add_parser(sub: Any, client: argparse.ArgumentParser) -> None:
                        help="drive a walker (closed loop or a trace) and report",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--app", required=True, help="the walker to run")
-    p.add_argument("--clients", type=int, default=1, help="closed-loop clients (default 1)")
+    p.add_argument("--clients", type=int, default=None,
+                   help="closed-loop clients (default 1; not with --trace, whose arrivals "
+                        "set the load)")
     p.add_argument("--duration", type=float, default=60.0,
                    help="seconds of load, a hard bound (default 60)")
     p.add_argument("--grace", type=float, default=None, metavar="S",
@@ -104,8 +107,24 @@ def run(args: argparse.Namespace,
     bounds = _check(args)
     trace = _trace(args) if args.trace else None
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and any(out.iterdir()):
-        raise LoadtestError(f"--out {out} is not empty")
+    if out is not None:
+        _check_out(out)
+    # An unknown walker would fail every run: say so now, with the walkers the server has.
+    walkers = post(args, "/jsorc/status", {}).get("walkers")
+    if isinstance(walkers, list) and args.app not in walkers:
+        raise LoadtestError(f"--app {args.app!r}: the server has no such walker (its walkers: "
+                            f"{', '.join(map(str, walkers)) or 'none'})")
+    try:
+        return _run(args, post, bounds, trace, out)
+    finally:
+        if out is not None:
+            with contextlib.suppress(OSError):  # our own folder, empty unless saved
+                _tmp_dir(out).rmdir()
+
+
+def _run(args: argparse.Namespace,
+         post: Callable[[argparse.Namespace, str, dict[str, Any]], dict[str, Any]],
+         bounds: Bounds, trace: Trace | None, out: Path | None) -> int:
     admin: run_record.Post = lambda path, body: post(args, path, body)  # noqa: E731
     # The record's reads (state before and after, the decision log while the load runs)
     # happen only with --out: a plain loadtest asks the server nothing more than it needs.
@@ -136,7 +155,8 @@ def run(args: argparse.Namespace,
         tracked = post(args, "/jsorc/trackact/calls", {"since": mark})
         calls = tracked.get("calls", [])
     client = client_counts(log, outcome, bounds)
-    warnings = [w for w in (overload_warning(client), lost_warning(tracked, report)) if w]
+    warnings = [w for w in (overload_warning(client), lost_warning(tracked, report),
+                            empty_warning(client, trace is not None)) if w]
     for warning in warnings:
         print(f"jsorc loadtest: warning: {warning}", file=sys.stderr)
     summary = {"app": args.app, "mode": "trace" if trace is not None else "closed",
@@ -167,9 +187,27 @@ def run(args: argparse.Namespace,
     return 0
 
 
+# Options that only mean something with --trace, and their defaults.
+TRACE_ONLY: Final = {"trace_format": "auto", "time_scale": 1.0, "seed": 0, "spread": "uniform",
+                     "stream": [], "start": 0.0}
+
+
 def _check(args: argparse.Namespace) -> Bounds:
-    if args.clients < 1:
+    if not args.trace:
+        given = [name for name, default in TRACE_ONLY.items()
+                 if getattr(args, name, default) != default]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise LoadtestError(f"{flags}: only with --trace (this is a closed loop)")
+        if args.clients is None:
+            args.clients = 1
+    elif args.clients is not None:
+        raise LoadtestError("--clients is for the closed loop: with --trace the trace's "
+                            "arrivals set the load")
+    if args.clients is not None and args.clients < 1:
         raise LoadtestError(f"--clients must be >= 1, got {args.clients}")
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        raise LoadtestError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
     if not (args.duration > 0 and math.isfinite(args.duration)):
         raise LoadtestError(f"--duration must be a number of seconds > 0, got {args.duration}")
     grace = args.timeout if args.grace is None else args.grace
@@ -198,6 +236,17 @@ def client_counts(log: ClientLog, outcome: Outcome, bounds: Bounds) -> dict[str,
             "offered_per_s": round(offered / bounds.duration_s, 3),
             "answered_per_s": round(counts["ok"] / bounds.duration_s, 3),
             "max_lag_s": round(outcome.max_lag_s, 3)}
+
+
+def empty_warning(client: dict[str, Any], replayed: bool) -> str | None:
+    """A sentence when nothing was offered at all (a trace window with no arrivals, or no
+    client got a run out); None otherwise (pure)."""
+    if client["offered"] > 0:
+        return None
+    if replayed:
+        return ("the trace has no arrivals in the window replayed (check --start, --stream "
+                "and --duration against `jsorc-sim trace info`): nothing was sent")
+    return "no client sent a walker run before the end of --duration: nothing was measured"
 
 
 def lost_warning(tracked: dict[str, Any], report: dict[str, Any]) -> str | None:
@@ -324,16 +373,34 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2f}"
 
 
+def _tmp_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.{os.getpid()}.tmp")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that is a file or a folder with files in it, and make the folder the
+    results are written to before they are swapped in: one that cannot be made fails now,
+    before the run, not after it with the results lost."""
+    if out.exists() and not out.is_dir():
+        raise LoadtestError(f"--out {out} is a file: give a folder (new or empty)")
+    if out.is_dir() and any(out.iterdir()):
+        raise LoadtestError(f"--out {out} is not empty")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _tmp_dir(out).mkdir()
+    except OSError as exc:
+        raise LoadtestError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+
+
 def _save(out: Path, summary: dict[str, Any], calls: list[dict[str, Any]],
           log: ClientLog, record: dict[str, Any]) -> None:
-    """Write everything to a folder beside `out`, then swap it in: nothing half-written."""
+    """Write everything to the folder `_check_out` made beside `out`, then swap it in:
+    nothing half-written."""
     import pandas as pd
 
     from jsorc_live.runtime import CALL_COLUMNS
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.mkdir()
+    tmp = _tmp_dir(out)
     (tmp / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (tmp / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     pd.DataFrame(calls, columns=list(CALL_COLUMNS)).to_parquet(tmp / "calls.parquet",

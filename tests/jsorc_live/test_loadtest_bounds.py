@@ -161,7 +161,10 @@ def test_a_loadtest_starts_no_trackact_session(served: str) -> None:
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
     ("--grace", "-1", "--grace must be a number of seconds >= 0, got -1.0"),
-    ("--time-scale", "0", "--time-scale must be a number > 0, got 0.0"),
+    ("--timeout", "-1", "--timeout must be a number of seconds > 0, got -1.0"),
+    ("--time-scale", "0", "--time-scale: only with --trace (this is a closed loop)"),
+    ("--stream", "a", "--stream: only with --trace"),
+    ("--app", "nosuch", "--app 'nosuch': the server has no such walker (its walkers: "),
     ("--duration", "nan", "--duration must be a number of seconds > 0, got nan"),
 ])
 def test_bad_bounds_exit_2_naming_the_value(served: str, flag: str, value: str,
@@ -236,7 +239,49 @@ def test_a_replay_names_an_unknown_stream_a_bad_spread_or_start(tmp_path: Path) 
         loadtest._trace(argparse.Namespace(**{**base, "stream": ["a", "zz"]}))
     with pytest.raises(loadtest.LoadtestError, match="spread.*'lumpy'"):
         loadtest._trace(argparse.Namespace(**{**base, "spread": "lumpy"}))
-    args = argparse.Namespace(**{**base, "start": -1.0, "clients": 1, "grace": None,
+    args = argparse.Namespace(**{**base, "start": -1.0, "clients": None, "grace": None,
                                  "timeout": 5.0, "think_ms": 0.0})
     with pytest.raises(loadtest.LoadtestError, match="--start must be"):
         loadtest._check(args)
+
+
+def test_many_closed_loop_clients_all_get_runs_out_within_the_bound(served: str) -> None:
+    clients, duration, grace = 200, 1.5, 2.0
+    started = time.perf_counter()
+    code, stdout, stderr = jsorc(served, "loadtest", "--app", "nap_none", "--clients",
+                                 str(clients), "--duration", str(duration), "--grace",
+                                 str(grace), "--json")
+    took = time.perf_counter() - started
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    # Each client sends at least its first run once the clock starts (they are all up by
+    # then), and the whole run ends near the bound, not after every client was built.
+    assert summary["walker_runs"] >= clients
+    assert took < duration + grace + ADMIN_SLACK_S
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--clients", "3"], "--clients is for the closed loop"),
+    (["--start", "1e6"], "the trace has no arrivals in the window replayed"),
+])
+def test_a_replay_refuses_clients_and_warns_of_an_empty_window(
+        served: str, tmp_path: Path, argv: list[str], message: str) -> None:
+    trace = requests_trace(tmp_path / "t.csv", np.arange(0.0, 2.0, 0.1))
+    code, _, stderr = jsorc(served, "loadtest", "--app", "nap_none", "--trace", str(trace),
+                            "--duration", "1", *argv)
+    assert message in stderr
+    assert code == (2 if "--clients" in argv else 0)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_run(
+        served: str, tmp_path: Path) -> None:
+    a_file = tmp_path / "x.csv"
+    a_file.write_text("mine\n")
+    for out, message in ((a_file, "is a file"), (Path("/proc/nope"), "cannot write there")):
+        started = time.perf_counter()
+        code, _, stderr = jsorc(served, "loadtest", "--app", "nap_none", "--duration", "5",
+                                "--out", str(out))
+        assert code == 2 and f"--out {out}" in stderr and message in stderr
+        assert time.perf_counter() - started < 5.0  # refused before the 5 s of load
+    assert a_file.read_text() == "mine\n"  # the user's file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]  # and nothing left beside it
