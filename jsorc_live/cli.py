@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--token", default=os.environ.get("JSORC_TOKEN"),
                         help="admin token (default $JSORC_TOKEN)")
     client.add_argument("--json", action="store_true", help="print the answer as JSON")
-    client.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+    client.add_argument("--timeout", type=_seconds, default=120.0,
+                        help="seconds to wait for an answer (default %(default)s)")
 
     parser = argparse.ArgumentParser(prog="jsorc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p = sub.add_parser("serve", help="run the runtime and the JSORC API")
     serve_p.add_argument("--host", default="127.0.0.1",
                          help="address to listen on (default %(default)s)")
-    serve_p.add_argument("--port", type=int, default=8000,
+    serve_p.add_argument("--port", type=_port, default=8000,
                          help="port to listen on (default %(default)s)")
     serve_p.add_argument("--backend", choices=["process", "kube"], default="process",
                          help="where remote replicas run: action-server processes here, "
@@ -119,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="import this file at start-up as module FILE (its policies "
                               "can then be set as FILE:Class, path/to/FILE.py:Class, or by a "
                               "name it registers); repeatable")
-    serve_p.add_argument("--log-level", default="warning",
+    serve_p.add_argument("--log-level", default="warning", type=str.lower,
+                         choices=("debug", "info", "warning", "error"),
                          help="debug, info, warning or error (default %(default)s)")
     limits = serve_p.add_argument_group("limits")
     limits.add_argument("--walker-threads", type=_count, default=64, metavar="N",
@@ -281,6 +283,8 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
                     {"policy_name": absolute_ref(args.name),
                      "policy_params": parse_params(args.params)})
     if command == "trackact":
+        if verb == "stop" and args.out:
+            check_calls_out(Path(args.out))  # before the stop, which ends the session
         answer = post(args, f"/jsorc/trackact/{verb}", {})
         if verb == "stop" and answer.get("lost"):
             print(f"jsorc trackact: warning: the server's call log (its newest 1 M rows) "
@@ -297,8 +301,8 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
         return post(args, "/jsorc/config/set", {"name": args.name, "value": args.value})
     if command == "walker":
         try:
-            ctx = json.loads(args.ctx)
-        except json.JSONDecodeError as exc:
+            ctx = strict_json(args.ctx)
+        except ValueError as exc:
             raise Refused(f"--ctx is not JSON: {exc}") from None
         return post(args, "/walker_run", {"name": args.name, "ctx": ctx}, admin=False)
     return post(args, "/jsorc/status", {})
@@ -314,9 +318,9 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
             raise Refused(f"policy parameters are k=v, got {item!r}")
         if value[:1] in "{[":
             try:
-                params[key] = json.loads(value)
+                params[key] = strict_json(value)
                 continue
-            except json.JSONDecodeError as exc:
+            except ValueError as exc:
                 raise Refused(f"parameter {key}: not JSON: {exc}") from None
         params[key] = value
     return params
@@ -345,6 +349,34 @@ def post(args: argparse.Namespace, path: str, body: dict[str, Any],
         message = answer.get("message") or answer.get("detail") or response.reason_phrase
         raise Refused(f"{path} refused (HTTP {response.status_code}): {message}")
     return answer
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the server reads it: NaN, Infinity and numbers past a float's range are
+    refused here, with the value, rather than failing to send."""
+    def refuse(word: str) -> Any:
+        raise ValueError(f"{word} is not a JSON number")
+
+    def number(word: str) -> float:
+        value = float(word)
+        if not math.isfinite(value):
+            raise ValueError(f"{word} is out of a float's range")
+        return value
+
+    return json.loads(text, parse_constant=refuse, parse_float=number)
+
+
+def check_calls_out(out: Path) -> None:
+    """Refuse a call-table path before anything is asked of the server: the suffix, the
+    folder, and a file already there (a user's file is never overwritten)."""
+    if out.suffix not in (".parquet", ".csv"):
+        raise Refused(f"--out must end in .parquet or .csv, got {out.name!r}")
+    if out.exists():
+        raise Refused(f"--out {out} exists: give a new file (it is not overwritten)")
+    if not out.parent.is_dir():
+        raise Refused(f"--out {out}: no folder {out.parent}")
+    if not os.access(out.parent, os.W_OK):
+        raise Refused(f"--out {out}: the folder {out.parent} is not writable")
 
 
 def write_calls(calls: list[dict[str, Any]], out: Path) -> None:
@@ -430,6 +462,17 @@ def _count(value: str, least: int = 1) -> int:
         number = least - 1
     if number < least:
         raise argparse.ArgumentTypeError(f"must be an int >= {least}, got {value!r}")
+    return number
+
+
+def _port(value: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port, 0 to 65535, got {value!r}")
     return number
 
 

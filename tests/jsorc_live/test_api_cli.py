@@ -303,3 +303,39 @@ def wait_for(url: str, action: str, placement: str, capsys: pytest.CaptureFixtur
             return
         time.sleep(0.05)
     raise AssertionError(f"{action} did not reach {placement}: {answer}")
+
+
+def test_a_bad_trackact_out_is_refused_before_the_stop_so_the_session_survives(
+        served: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my own file\n")
+    assert jsorc(served, "trackact", "start", capsys=capsys)[0] == 0
+    for out, message in ((tmp_path / "x.txt", "must end in .parquet or .csv"),
+                         (tmp_path / "nodir" / "x.csv", "no folder"),
+                         (mine, "exists: give a new file")):
+        code, error = jsorc(served, "trackact", "stop", "--out", str(out), capsys=capsys)
+        assert code == 2 and message in error
+        assert out == mine or not out.exists()
+    assert mine.read_text() == "my own file\n"
+    good = tmp_path / "calls.parquet"
+    code, answer = jsorc(served, "trackact", "stop", "--out", str(good), capsys=capsys)
+    assert code == 0 and answer["written"] == str(good) and good.exists()  # still running
+
+
+@pytest.mark.parametrize("ctx", ['{"x": NaN}', '{"x": 1e999}', "Infinity", "{"])
+def test_a_ctx_the_server_could_not_read_is_refused_naming_it(
+        served: str, ctx: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = jsorc(served, "walker", "run", "anything", "--ctx", ctx, capsys=capsys)
+    assert code == 2 and "--ctx is not JSON" in error
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["serve", "--port", "99999"], "must be a port, 0 to 65535, got '99999'"),
+    (["serve", "--log-level", "bogus"], "invalid choice: 'bogus'"),
+    (["status", "--timeout", "nan"], "expected a positive number of seconds, got 'nan'"),
+])
+def test_bad_flags_are_refused_by_the_parser(argv: list[str], message: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
