@@ -203,6 +203,11 @@ class RowLog:
             return max(self._base - cursor, 0)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
 def latency_report(latencies: Sequence[float], span_s: float) -> dict[str, float | None]:
     """One app's entry of JSORC's benchmark report (latency in ms, throughput per second)."""
     values = np.asarray(latencies, dtype=float)
@@ -469,10 +474,27 @@ class Runtime:
         rows, _ = self.calls.since(track["cursor"])
         return True, [*track.get("carried", []), *rows]
 
-    def track_resume(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Go on with a trackact session a previous server ran: `rows` (its calls, their
-        `ts` on that server's clock) come first in what `trackact stop` answers."""
-        self._track = {"active": True, "cursor": self.calls.cursor, "carried": list(rows)}
+    def track_resume(self, rows: Sequence[tuple[Any, ...]],
+                     clock_origin: float | None = None) -> None:
+        """Go on with a trackact session a previous server ran: `rows` (its calls) come
+        first in what `trackact stop` answers, on this runtime's clock and with request ids
+        below every one this runtime gives, so one table holds one clock and one walker
+        run per id. `clock_origin` is that server's `clock_origin()`: without it the rows
+        keep their old `ts` (said in the store's problems)."""
+        carried = list(rows)
+        if clock_origin is not None and math.isfinite(clock_origin):
+            shift = clock_origin - self.clock_origin()
+            carried = [(row[0] + shift, *row[1:]) if _number(row[0]) else row
+                       for row in carried]
+        ids = [row[1] for row in carried if isinstance(row[1], int)]
+        with self._lock:
+            self._ids = itertools.count(max([next(self._ids), *(i + 1 for i in ids)]))
+        self._track = {"active": True, "cursor": self.calls.cursor, "carried": carried}
+
+    def clock_origin(self) -> float:
+        """The wall-clock time (Unix seconds) at which `now()` was 0: what puts another
+        runtime's `ts` on this one's clock."""
+        return time.time() - self.now()
 
     @property
     def track_active(self) -> bool:

@@ -421,6 +421,7 @@ def capture(service: JsorcService, *, rows: bool = True,
         track["columns"] = list(CALL_COLUMNS)
         track["rows"] = plain(calls[-TRACK_ROWS_KEPT:])
         track["dropped"] = max(0, len(calls) - TRACK_ROWS_KEPT)
+        track["clock_origin"] = service.runtime.clock_origin()
     return Snapshot(version=SNAPSHOT_VERSION, saved_at=time.time(), action_configs=configs,
                     policy=policy, settings=settings, trackact=track)
 
@@ -486,8 +487,13 @@ def restore_into(service: JsorcService, snapshot: Snapshot,
         setting("automation", settings["automation"])
     track = snapshot.trackact
     if track.get("active"):
+        origin = track.get("clock_origin")
+        if not isinstance(origin, int | float) or isinstance(origin, bool):
+            origin = None
+            problems.append("trackact: the saved session has no clock origin (an older "
+                            "save): its calls keep the previous server's ts")
         attempt("trackact session", lambda: service.runtime.track_resume(
-            _rows(track.get("columns"), track.get("rows"))))
+            _rows(track.get("columns"), track.get("rows")), clock_origin=origin))
     return problems
 
 

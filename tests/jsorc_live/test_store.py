@@ -55,7 +55,7 @@ SAMPLE = snapshot(
     settings={"automation": False, "backoff_interval": 2.5, "max_replicas": 5},
     trackact={"active": True, "calls": 1, "columns": list(CALL_COLUMNS),
               "rows": [[1.0, 7, "app", "text_seg", "local", None, 0.1, 2.0, None, 2.2,
-                        True, False, None]]})
+                        True, False, None]], "clock_origin": 1.7e9})
 
 
 @pytest.fixture(scope="module")
@@ -257,9 +257,16 @@ def check_restored(url: str, capsys: pytest.CaptureFixture[str], store: str) -> 
     state = status["state"]
     assert state["store"] == store and state["restored"] is not None, state
     assert state["problems"] == [], state
+    jsorc(url, "walker", "run", "zeroshot_faq_bot", "--ctx", "{}", capsys=capsys)
     calls = jsorc(url, "trackact", "stop", capsys=capsys)["calls"]
-    # The session went on across the restart: the walker's two calls from before it.
-    assert [c["action"] for c in calls] == ["text_seg", "use_qa"]
+    # The session went on across the restart: the walker's two calls from before it, then
+    # the two of the run after it, on one clock (this server's: the old calls happened
+    # before it started, so at negative times) and with one request id per walker run.
+    assert [c["action"] for c in calls] == ["text_seg", "use_qa"] * 2
+    ts = [c["ts"] for c in calls]
+    assert ts == sorted(ts) and ts[1] < 0 <= ts[2]
+    ids = [c["request_id"] for c in calls]
+    assert ids[0] == ids[1] != ids[2] == ids[3]
 
 
 def test_a_restart_restores_state_from_the_database(pg_url: str, tmp_path: Path,
