@@ -104,10 +104,19 @@ class Settings:
                                  f"{', '.join(self.as_dict())})", 404)
         if name == "services":
             try:
-                self.services = check_services(read_json_value(value.encode())
-                                               if isinstance(value, str) else value)
+                services = check_services(read_json_value(value.encode())
+                                          if isinstance(value, str) else value)
             except (ValueError, BadRequest) as exc:
                 raise RuntimeRefusal(str(exc)) from None
+            # keep_alive may name only services there are: a definition it names is not
+            # dropped under it (a restart would refuse the pair).
+            gone = [n for n in self.keep_alive if n not in BUILTIN_NAMES and n not in services]
+            if gone:
+                raise RuntimeRefusal(f"config services: keep_alive names {', '.join(gone)}, "
+                                     "which this value leaves out: take "
+                                     f"{'it' if len(gone) == 1 else 'them'} out of keep_alive "
+                                     "first")
+            self.services = services
             return
         if isinstance(value, str) and name != "namespace":
             try:  # the CLI's text: JSON when it reads as JSON (never NaN or an infinity)

@@ -137,6 +137,10 @@ class JaseciApi:
         self.limiter = limiter or LoginLimiter()
         self._clock = clock
         self.pending: MetaConfig | None = None
+        # The settings in force when the pending document was first staged: refresh applies
+        # what the document changed from them, so a `config set` made since is not undone
+        # by keys the document only copied.
+        self._staged_over: dict[str, Any] = {}
         self._config_lock = threading.Lock()  # config_set and refresh, one at a time
         self.states = StateRecorder(self._placements, self._readings,
                                     lambda: service.settings.backoff_interval, clock=clock)
@@ -315,6 +319,8 @@ class JaseciApi:
             if not isinstance(exc, MetaConfigError):
                 message = f"{name} refused, nothing changed: {message}"
             raise RuntimeRefusal(message, getattr(exc, "status", 400)) from None
+        if self.pending is None:
+            self._staged_over = self._current().as_settings()
         self.pending = doc
         text = json.dumps(doc.as_settings())
         out = [f"Config of '{name}' to '{text}' set!",
@@ -326,14 +332,17 @@ class JaseciApi:
     def _apply_pending(self) -> MetaConfig:
         with self._config_lock:
             doc = self._current()
+            changed = None if self.pending is None else [
+                k for k, v in doc.as_settings().items() if self._staged_over.get(k) != v]
             try:
-                apply_to(self.service.settings, doc)
+                apply_to(self.service.settings, doc, only=changed)
             except ValueError as exc:  # the settings changed since config_set checked it
                 raise RuntimeRefusal(f"META_CONFIG refused at refresh, nothing changed: "
                                      f"{exc}", getattr(exc, "status", 409)) from None
             self.pending = None
             self.service.apply_settings()
-            return doc
+            # What is in force now (the document's changes over any `config set` since).
+            return parse_meta_config({}, self.service.settings.as_dict())
 
     def close(self) -> None:
         self.states.close()

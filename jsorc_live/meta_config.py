@@ -34,7 +34,7 @@ import copy
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal, Self
 
 from pydantic import (
@@ -273,12 +273,17 @@ def _nested_fields(loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def apply_to(settings: Any, doc: MetaConfig) -> None:
-    """Set every key of `doc` on `settings` (a dataclass with `set(name, value)`, which may
-    refuse a value by raising): on a copy first, then on the live object, so a refusal
-    leaves it as it was."""
+def apply_to(settings: Any, doc: MetaConfig, only: Collection[str] | None = None) -> None:
+    """Set every key of `doc` (or those in `only`) on `settings` (a dataclass with
+    `set(name, value)`, which may refuse a value by raising): on a copy first, then on the
+    live object, so a refusal leaves it as it was."""
     trial = copy.deepcopy(settings)
-    for key, value in doc.as_settings().items():
+    items = {k: v for k, v in doc.as_settings().items() if only is None or k in only}
+    if "services" in items and "keep_alive" in items:
+        # The two change together: keep_alive may drop a service the new table drops too,
+        # which the services key alone refuses while keep_alive still names it.
+        trial.set("keep_alive", [])
+    for key, value in items.items():
         trial.set(key, value)
     for f in dataclasses.fields(settings):
         setattr(settings, f.name, getattr(trial, f.name))

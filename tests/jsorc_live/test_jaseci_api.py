@@ -440,3 +440,18 @@ def test_benchmark_and_trackact_answer_jsorcs_shapes(app_client: tuple[Client, J
     stopped = client.post("/js_admin/jsorc_benchmark_stop", json={"report": False},
                           headers=ADMIN).json()
     assert stopped == {}
+
+
+def test_a_staged_meta_config_applies_its_changes_not_the_settings_it_copied(
+        app_client: tuple[Client, JsorcService]) -> None:
+    client, service = app_client
+    assert service.settings.backoff_interval != 3.0
+    staged = client.post("/js_admin/config_set/", headers=ADMIN, json={
+        "name": "META_CONFIG", "value": {"automation": True}})
+    assert staged.status_code == 200
+    service.config_set("backoff_interval", 3.0)  # an operator's change after the staging
+    refreshed = client.post("/js_admin/service_refresh", json={"name": "meta"}, headers=ADMIN)
+    assert refreshed.status_code == 200, refreshed.text
+    # The document's own change is applied; the interval it only copied does not undo 3 s.
+    assert service.settings.automation is True and service.settings.backoff_interval == 3.0
+    assert "every 3 s" in refreshed.json()["message"]

@@ -26,12 +26,13 @@ from jsorc_live.api import JsorcService, make_app
 from jsorc_live.inproc import app_in_thread
 from jsorc_live.meta_config import (
     MetaConfigError,
+    apply_to,
     check_services,
     definitions_of,
     parse_meta_config,
 )
 from jsorc_live.ops import serving
-from jsorc_live.runtime import ActionInfo, Runtime
+from jsorc_live.runtime import ActionInfo, Runtime, RuntimeRefusal
 from jsorc_live.services import (
     Backoff,
     HealthCheck,
@@ -413,3 +414,18 @@ def test_meta_config_refuses_services_jsorc_does_not_provide(
     ok = parse_meta_config({"keep_alive": ["promon", "jaseci-db", "web"],
                             "services": {"web": http_server("1")}}, base)
     assert ok.keep_alive == ["prometheus", "postgresql", "web"]
+
+
+def test_services_cannot_drop_a_service_keep_alive_names_but_both_change_together() -> None:
+    settings = JsorcService(Runtime(load_local=lambda info: None, connect=lambda replica: None),
+                            None, load_config=lambda m, n: ActionInfo(n, "none")).settings
+    settings.set("services", {"web": http_server("1")})
+    settings.set("keep_alive", ["web", "redis"])
+    with pytest.raises(RuntimeRefusal, match="keep_alive names web, which this value leaves "
+                                             "out: take it out of keep_alive first"):
+        settings.set("services", {})
+    assert list(settings.services) == ["web"] and settings.keep_alive == ("web", "redis")
+    # A META_CONFIG that drops it from both at once is one change, and taken.
+    base = settings.as_dict()
+    apply_to(settings, parse_meta_config({"services": {}, "keep_alive": ["redis"]}, base))
+    assert settings.services == {} and settings.keep_alive == ("redis",)
