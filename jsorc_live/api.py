@@ -406,8 +406,12 @@ class JsorcService:
     # ----------------------------------------------------------------- tracking, benchmark
 
     def trackact_start(self) -> dict[str, Any]:
-        self.runtime.track_start()
-        return {"success": True, "message": "tracking action calls"}
+        dropped = self.runtime.track_start()
+        if dropped is None:
+            return {"success": True, "message": "tracking action calls"}
+        return {"success": True, "restarted": True, "dropped": dropped,
+                "message": f"tracking action calls: the session that was running was "
+                           f"started again, and its {dropped} calls are not kept"}
 
     def trackact_stop(self) -> dict[str, Any]:
         rows = self.runtime.track_stop()

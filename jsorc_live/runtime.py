@@ -446,8 +446,12 @@ class Runtime:
     def benchmark_active(self) -> bool:
         return bool(self._benchmark["active"])
 
-    def track_start(self) -> None:
+    def track_start(self) -> int | None:
+        """Start a trackact session; a running one is started again (JSORC's behaviour):
+        how many calls it held and are no longer tracked, None when none ran."""
+        active, held = self.track_session()
         self._track = {"active": True, "cursor": self.calls.cursor, "carried": []}
+        return len(held) if active else None
 
     def track_stop(self) -> list[dict[str, Any]]:
         """The call rows since `trackact start`, as dicts of the `calls` columns (the oldest

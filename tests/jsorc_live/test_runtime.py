@@ -334,3 +334,13 @@ def test_benchmark_report_has_jsorcs_shape_and_track_returns_call_rows() -> None
     with pytest.raises(RuntimeRefusal):
         runtime.track_stop()
     runtime.close()
+
+
+def test_a_second_trackact_start_says_how_many_calls_it_let_go() -> None:
+    runtime, _, _ = make_runtime()
+    assert runtime.track_start() is None  # none was running
+    runtime.run_walker("two", {})
+    assert runtime.track_start() == 2  # the walker's two calls
+    runtime.run_walker("two", {})
+    assert len(runtime.track_stop()) == 2
+    runtime.close()
