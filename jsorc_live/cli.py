@@ -64,8 +64,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Refused, loadtest.LoadtestError) as exc:
         print(f"jsorc: {exc}", file=sys.stderr)
         return 2
-    show(args, answer)
+    except BrokenPipeError:
+        return _reader_gone()
+    try:
+        show(args, answer)
+    except BrokenPipeError:
+        return _reader_gone()
     return 0
+
+
+def _reader_gone() -> int:
+    """The reader of our output left (`jsorc ... --json | head`): no traceback; stdout goes
+    to /dev/null so the interpreter's last flush cannot raise again (Python's advice)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, as a shell reports a reader gone
 
 
 # --------------------------------------------------------------------------- arguments

@@ -34,6 +34,7 @@ from jsorc_live.children import state_path
 from jsorc_live.meta_config import definitions_of
 from jsorc_live.metrics import HttpByteCounters, HttpBytes, RuntimeMetrics, ServiceMetrics
 from jsorc_live.runtime import RuntimeRefusal
+from jsorc_live.service_kinds import ALIASES
 from jsorc_live.services import MetaService, ScrapeTarget, ServiceError, State
 from jsorc_live.tracksys import PodScope, TrackSys, TrackSysError
 
@@ -165,6 +166,7 @@ class Ops:
                 f"{answer['source']}: {answer['detail']}", **answer}
 
     def service_refresh(self, name: str) -> dict[str, Any]:
+        name = ALIASES.get(name, name)  # JSORC's names (promon, jaseci-db), as keep_alive takes
         try:
             status = self.meta.refresh(name)
         except ServiceError as exc:

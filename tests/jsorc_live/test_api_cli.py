@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -339,3 +340,14 @@ def test_bad_flags_are_refused_by_the_parser(argv: list[str], message: str,
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(served: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jsorc_live.cli", "status", "--json", "--server", served,
+         "--token", TOKEN], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # `| head -0`: gone before the answer is printed
+    code = proc.wait(timeout=60)
+    err = proc.stderr.read().decode()
+    assert code == 141 and "Traceback" not in err, err

@@ -237,7 +237,7 @@ def test_a_replay_names_an_unknown_stream_a_bad_spread_or_start(tmp_path: Path) 
             "duration": 2.0, "stream": [], "start": 0.0, "spread": "uniform"}
     with pytest.raises(loadtest.LoadtestError, match=r"--stream 'zz': not a stream of .*a\)"):
         loadtest._trace(argparse.Namespace(**{**base, "stream": ["a", "zz"]}))
-    with pytest.raises(loadtest.LoadtestError, match="spread.*'lumpy'"):
+    with pytest.raises(loadtest.LoadtestError, match=r"spread.*'lumpy'"):
         loadtest._trace(argparse.Namespace(**{**base, "spread": "lumpy"}))
     args = argparse.Namespace(**{**base, "start": -1.0, "clients": None, "grace": None,
                                  "timeout": 5.0, "think_ms": 0.0})
