@@ -62,7 +62,10 @@ class TraceInfo:
 
     @property
     def peak_rate(self) -> float:
-        """The busiest minute's calls per second."""
+        """The busiest minute's calls per second; a trace shorter than a minute is its own
+        busiest stretch, over its span (so the peak is never below the mean)."""
+        if len(self.per_minute) == 1 and 0 < self.span_s < MINUTE:
+            return self.calls / self.span_s
         return max(self.per_minute) / MINUTE
 
     @property

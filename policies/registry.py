@@ -271,8 +271,10 @@ def load_policy_file(path: str | Path) -> str:
     by a module already imported, or importing it fails."""
     file = Path(path).expanduser().resolve()
     name = file.stem
-    if file.suffix != ".py" or not file.is_file():
+    if file.suffix != ".py":
         raise PolicyError(f"policy file {str(path)!r} is not a .py file")
+    if not file.is_file():
+        raise PolicyError(f"policy file {str(path)!r} does not exist")
     if not _is_dotted_name(name) or "." in name:
         raise PolicyError(f"policy file {str(path)!r}: {name!r} is not a module name")
     if name in sys.modules:

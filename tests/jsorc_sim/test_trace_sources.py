@@ -274,6 +274,18 @@ def test_trace_info_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
         assert main(["trace", "info", str(tmp_path / "none.csv")]) == 2
 
 
+@pytest.mark.parametrize("times", [[0.5, 0.1, 0.3], [10.0, 10.25], [3.0, 40.0, 41.0, 59.0]])
+def test_a_trace_shorter_than_a_minute_peaks_at_its_mean(tmp_path: Path,
+                                                         times: list[float]) -> None:
+    path = tmp_path / "short.csv"
+    path.write_text("ts,app\n" + "".join(f"{t},a\n" for t in times))
+    info = trace_info(path)
+    span = max(times) - min(times)
+    assert info.span_s == pytest.approx(span)
+    assert info.mean_rate == pytest.approx(len(times) / span)
+    assert info.peak_rate == pytest.approx(info.mean_rate)  # the one stretch there is
+
+
 def test_a_saved_per_function_run_runs_again_from_its_folder(tmp_path: Path) -> None:
     """The saved scenario.toml names the durations and memory files absolutely, so the run
     repeats from the output folder (the README's promise), with the same requests."""
