@@ -161,7 +161,6 @@ def test_a_loadtest_starts_no_trackact_session(served: str) -> None:
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
     ("--grace", "-1", "--grace must be a number of seconds >= 0, got -1.0"),
-    ("--timeout", "-1", "--timeout must be a number of seconds > 0, got -1.0"),
     ("--time-scale", "0", "--time-scale: only with --trace (this is a closed loop)"),
     ("--stream", "a", "--stream: only with --trace"),
     ("--app", "nosuch", "--app 'nosuch': the server has no such walker (its walkers: "),

@@ -160,8 +160,11 @@ def test_a_policy_file_is_loaded_as_its_module_and_registers_its_names(
     finally:
         sys.modules.pop(name, None)
         policies.registry._REGISTRY.pop(name, None)
-    with pytest.raises(PolicyError, match=r"not a \.py file"):
+    with pytest.raises(PolicyError, match=r"missing\.py' does not exist"):
         policies.load_policy_file(tmp_path / "missing.py")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(PolicyError, match=r"not a \.py file"):
+        policies.load_policy_file(tmp_path / "notes.txt")
     clash = tmp_path / "json.py"
     clash.write_text("")
     with pytest.raises(PolicyError, match="a module named 'json' is already imported"):
